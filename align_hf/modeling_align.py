@@ -1,0 +1,592 @@
+"""ALIGN dual encoder: a timm EfficientNet image tower and a transformers BERT text tower.
+
+Both embeddings are L2-normalised and compared by cosine similarity divided by a learnable
+temperature; the contrastive loss is computed by :class:`~align_hf.loss.AlignContrastiveHead`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    BaseModelOutputWithPoolingAndNoAttention,
+)
+from transformers.utils import ModelOutput
+
+from .configuration_align import AlignConfig, AlignTextConfig, AlignVisionConfig
+from .loss import AlignContrastiveHead
+
+# Keeps the normalisation finite for an all-zero embedding (transformers' AlignModel returns NaN there).
+NORM_EPS = 1e-12
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Unit-norm rows, computed in at least fp32 and returned in the input dtype. ``x``: ``(N, D)``."""
+    return F.normalize(x.float(), dim=-1, eps=NORM_EPS).to(x.dtype)
+
+
+@dataclass
+class AlignOutput(ModelOutput):
+    """Output of :class:`AlignModel`.
+
+    Args:
+        loss: contrastive loss, when ``return_loss=True``.
+        logits_per_image: ``(num_images, num_texts)`` cosine similarities divided by the temperature.
+        logits_per_text: ``(num_texts, num_images)``, the transpose.
+        text_embeds: ``(num_texts, projection_dim)`` L2-normalised text embeddings.
+        image_embeds: ``(num_images, projection_dim)`` L2-normalised image embeddings.
+        text_model_output: output of :class:`AlignTextModel`.
+        vision_model_output: output of :class:`AlignVisionModel`.
+        temperature: the current temperature (scalar).
+        image_to_text_accuracy / text_to_image_accuracy: in-batch retrieval accuracy, with the loss.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPoolingAndNoAttention | None = None
+    temperature: torch.FloatTensor | None = None
+    image_to_text_accuracy: torch.FloatTensor | None = None
+    text_to_image_accuracy: torch.FloatTensor | None = None
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(
+            self[k] if k not in ("text_model_output", "vision_model_output") else getattr(self, k).to_tuple()
+            for k in self.keys()
+        )
+
+
+class KerasPadConv2d(nn.Conv2d):
+    """A 'valid' convolution after a fixed zero padding ``(left, right, top, bottom)``.
+
+    Keras' ``correct_pad`` pads stride-2 convolutions by ``(k//2 - 1, k//2)`` whatever the input
+    size, which differs from TF 'SAME' on odd sizes (289 px). Keeping it a ``Conv2d`` subclass
+    leaves the state-dict keys of the timm module it replaces unchanged.
+    """
+
+    def __init__(self, *args, fixed_padding: tuple[int, int, int, int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fixed_padding = tuple(int(p) for p in fixed_padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, self.fixed_padding))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", fixed_padding={self.fixed_padding}"
+
+
+def _keras_padded(conv: nn.Conv2d, symmetric: bool) -> KerasPadConv2d:
+    kh, kw = conv.kernel_size
+    if symmetric:
+        pad = (kw // 2, kw // 2, kh // 2, kh // 2)
+    else:
+        pad = (kw // 2 - 1, kw // 2, kh // 2 - 1, kh // 2)
+    new = KerasPadConv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=0,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        fixed_padding=pad,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
+    new.load_state_dict(conv.state_dict())
+    return new
+
+
+def _apply_keras_padding(backbone: nn.Module, symmetric_blocks: set[int]) -> None:
+    """Swap every stride-2 conv of the stem and the blocks for a :class:`KerasPadConv2d`."""
+    if isinstance(getattr(backbone, "conv_stem", None), nn.Conv2d) and backbone.conv_stem.stride != (1, 1):
+        backbone.conv_stem = _keras_padded(backbone.conv_stem, symmetric=False)
+    flat_index = 0
+    for stage in backbone.blocks:
+        for block in stage:
+            for name, child in list(block.named_children()):
+                if isinstance(child, nn.Conv2d) and child.stride != (1, 1):
+                    setattr(block, name, _keras_padded(child, symmetric=flat_index in symmetric_blocks))
+            flat_index += 1
+
+
+def build_image_backbone(config: AlignVisionConfig) -> tuple[nn.Module, int]:
+    """Create the timm backbone for ``config``; returns it with its pooled feature width."""
+    timm_pad = {"keras": "", "same": "same", "symmetric": ""}[config.padding]
+    kwargs = dict(config.timm_kwargs)
+    kwargs.setdefault("pad_type", timm_pad)
+    if config.drop_path_rate:
+        kwargs.setdefault("drop_path_rate", config.drop_path_rate)
+    try:
+        backbone = timm.create_model(
+            config.model_name,
+            pretrained=False,
+            num_classes=0,
+            global_pool="",
+            in_chans=config.num_channels,
+            **kwargs,
+        )
+    except TypeError:
+        # Not every timm family takes pad_type; only "keras" mode needs our own padding anyway.
+        kwargs.pop("pad_type", None)
+        backbone = timm.create_model(
+            config.model_name, pretrained=False, num_classes=0, global_pool="", in_chans=config.num_channels, **kwargs
+        )
+    if config.padding == "keras":
+        if not hasattr(backbone, "blocks"):
+            raise ValueError(f"padding='keras' needs an EfficientNet-style timm model, got {config.model_name!r}")
+        _apply_keras_padding(backbone, set(config.symmetric_padding_blocks))
+    if not config.keep_head and hasattr(backbone, "conv_head"):
+        # ALIGN pools the last block directly: the 1x1 head conv and its BN are not used.
+        backbone.conv_head = nn.Identity()
+        backbone.bn2 = nn.Identity()
+        width = backbone.feature_info[-1]["num_chs"]
+    else:
+        width = backbone.num_features
+    for module in backbone.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eps = config.batch_norm_eps
+            module.momentum = config.batch_norm_momentum
+    return backbone, width
+
+
+class AlignPreTrainedModel(PreTrainedModel):
+    config_class = AlignConfig
+    config: AlignConfig
+    base_model_prefix = "align"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    input_modalities = ("image", "text")
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = getattr(self.config, "initializer_range", 0.02)
+        if isinstance(module, nn.Conv2d):
+            # Variance-preserving fan-out init (EfficientNet's): keeps activations O(1) through
+            # the tower at random init, so embeddings are never degenerate.
+            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+            init.normal_(module.weight, mean=0.0, std=(2.0 / fan_out) ** 0.5)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if module.weight is not None:
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
+            if module.running_mean is not None:
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        if isinstance(module, AlignModel):
+            init.xavier_uniform_(module.text_projection.weight)
+            init.zeros_(module.text_projection.bias)
+            if module.image_projection is not None:
+                init.xavier_uniform_(module.image_projection.weight)
+                init.zeros_(module.image_projection.bias)
+            head = module.contrastive_head
+            init.constant_(head.temperature, self.config.temperature_init_value)
+            if getattr(head, "bias", None) is not None:
+                init.constant_(head.bias, self.config.sigmoid_bias_init)
+
+
+class AlignVisionModel(AlignPreTrainedModel):
+    """The image tower: a timm EfficientNet without classifier, followed by global pooling."""
+
+    config_class = AlignVisionConfig
+    config: AlignVisionConfig
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    def __init__(self, config: AlignVisionConfig):
+        super().__init__(config)
+        self.backbone, self.embed_dim = build_image_backbone(config)
+        self.post_init()
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs):
+        self.backbone.set_grad_checkpointing(enable)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
+        """``pixel_values``: ``(B, C, H, W)``. Returns ``last_hidden_state`` ``(B, C', H', W')`` and
+        ``pooler_output`` ``(B, C')``, the globally pooled features."""
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values")
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values must be (batch, {self.config.num_channels}, height, width), got {tuple(pixel_values.shape)}"
+            )
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        hidden_states = None
+        if output_hidden_states:
+            hidden_states = tuple(self.backbone.forward_intermediates(pixel_values, intermediates_only=True))
+        features = self.backbone.forward_features(pixel_values)
+        if self.config.pooling == "avg":
+            pooled = features.mean(dim=(2, 3))
+        else:
+            pooled = features.amax(dim=(2, 3))
+        if return_dict is False:
+            return (features, pooled) + ((hidden_states,) if hidden_states is not None else ())
+        return BaseModelOutputWithPoolingAndNoAttention(
+            last_hidden_state=features, pooler_output=pooled, hidden_states=hidden_states
+        )
+
+
+class AlignTextModel(AlignPreTrainedModel):
+    """The text tower: a BERT-like encoder; ``pooler_output`` is the last layer's [CLS] state.
+
+    Trailing columns that are padding in every row are dropped before the encoder runs (exact, since
+    padded keys are masked out) and the hidden states are zero-padded back to the input length.
+    """
+
+    config_class = AlignTextConfig
+    config: AlignTextConfig
+    main_input_name = "input_ids"
+    input_modalities = ("text",)
+
+    def __init__(self, config: AlignTextConfig):
+        super().__init__(config)
+        encoder_config = config.to_encoder_config()
+        encoder_config._attn_implementation = getattr(config, "_attn_implementation", None) or "sdpa"
+        extra = {"add_pooling_layer": False} if config.text_model_type in ("bert", "roberta") else {}
+        self.transformer = AutoModel.from_config(encoder_config, **extra)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.transformer.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.transformer.set_input_embeddings(value)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """``input_ids``/``attention_mask``/``token_type_ids``: ``(B, L)``. Returns ``last_hidden_state``
+        ``(B, L, hidden)`` and ``pooler_output`` ``(B, hidden)`` (the [CLS] state, unprojected)."""
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError("You have to specify input_ids or inputs_embeds")
+        full_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        keep = full_length
+        if attention_mask is not None and not output_attentions and not torch.compiler.is_compiling():
+            # One host sync per text batch; it saves the encoder from running over pure padding.
+            used = attention_mask.any(dim=0).nonzero()
+            keep = int(used.max()) + 1 if used.numel() else full_length
+
+        def cut(t):
+            return t[:, :keep] if t is not None and keep < full_length else t
+
+        extra = {}
+        if output_attentions:
+            extra["output_attentions"] = True
+        if output_hidden_states:
+            extra["output_hidden_states"] = True
+        outputs = self.transformer(
+            input_ids=cut(input_ids),
+            attention_mask=cut(attention_mask),
+            token_type_ids=cut(token_type_ids),
+            position_ids=cut(position_ids),
+            inputs_embeds=cut(inputs_embeds),
+            return_dict=True,
+            **extra,
+            **kwargs,
+        )
+        last_hidden_state = outputs.last_hidden_state
+        hidden_states = outputs.hidden_states
+        if keep < full_length:
+            pad = (0, 0, 0, full_length - keep)
+            last_hidden_state = F.pad(last_hidden_state, pad)
+            if hidden_states is not None:
+                hidden_states = tuple(F.pad(h, pad) for h in hidden_states)
+        pooled = last_hidden_state[:, 0, :]
+        if return_dict is False:
+            return (last_hidden_state, pooled)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=pooled,
+            hidden_states=hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class AlignModel(AlignPreTrainedModel):
+    """The ALIGN dual encoder.
+
+    Example::
+
+        >>> from align_hf import AlignConfig, AlignModel
+        >>> model = AlignModel(AlignConfig.from_preset("tiny"))
+        >>> out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, return_loss=True)
+        >>> out.logits_per_image.shape  # (num_images, num_texts)
+    """
+
+    config_class = AlignConfig
+    config: AlignConfig
+    main_input_name = "input_ids"
+
+    def __init__(self, config: AlignConfig):
+        super().__init__(config)
+        self.text_model = AlignTextModel(config.text_config)
+        self.vision_model = AlignVisionModel(config.vision_config)
+        image_width = self.vision_model.embed_dim
+        if config.vision_config.image_projection_dim:
+            self.image_projection = nn.Linear(image_width, config.vision_config.image_projection_dim)
+            image_width = config.vision_config.image_projection_dim
+        else:
+            self.image_projection = None
+        if image_width != config.projection_dim:
+            raise ValueError(
+                f"The image embedding has {image_width} features but projection_dim is {config.projection_dim}; "
+                "set vision_config.image_projection_dim or projection_dim so they agree."
+            )
+        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim)
+        self.contrastive_head = AlignContrastiveHead(
+            loss_type=config.loss_type,
+            temperature_init=config.temperature_init_value,
+            learnable_temperature=config.learnable_temperature,
+            label_smoothing=config.label_smoothing,
+            gather_distributed=config.gather_distributed,
+            chunk_size=config.loss_chunk_size,
+            sigmoid_bias_init=config.sigmoid_bias_init,
+        )
+        self.post_init()
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.contrastive_head.temperature
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs):
+        self.vision_model.backbone.set_grad_checkpointing(enable)
+        self.text_model.transformer._set_gradient_checkpointing(
+            enable, **({"gradient_checkpointing_func": gradient_checkpointing_func} if gradient_checkpointing_func else {}), **kwargs
+        )
+
+    # loading, saving, publishing ----------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, allow_pickle: bool = False, **kwargs):
+        """Load an align_hf checkpoint, or a transformers-format ALIGN one (``model_type="align"``,
+        e.g. ``kakaobrain/align-base``) converted on the fly. Only safetensors weights are read
+        unless ``allow_pickle=True``."""
+        from .hub import hub_options, read_config_dict
+
+        options = hub_options(kwargs)
+        config_dict = read_config_dict(pretrained_model_name_or_path, **options)
+        if config_dict is not None and config_dict.get("model_type") == "align":
+            return cls._from_transformers_format(pretrained_model_name_or_path, config_dict, allow_pickle, **kwargs)
+        if not allow_pickle:
+            if kwargs.get("use_safetensors") is False:
+                raise ValueError("use_safetensors=False needs allow_pickle=True")
+            kwargs["use_safetensors"] = True
+            from .hub import weight_files
+
+            weight_files(pretrained_model_name_or_path, allow_pickle=False, **options)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    @classmethod
+    def _from_transformers_format(cls, repo, config_dict, allow_pickle: bool, **kwargs) -> "AlignModel":
+        from .convert_hf import config_from_hf, state_dict_from_hf
+        from .hub import hub_options, load_weight_file, resolve_file, weight_files
+
+        options = hub_options(kwargs)
+        image_size = 289
+        processor_path = resolve_file(repo, "preprocessor_config.json", **options)
+        if processor_path:
+            import json
+
+            with open(processor_path, encoding="utf-8") as handle:
+                image_size = json.load(handle).get("crop_size", {}).get("height", image_size)
+        config = config_from_hf(config_dict, image_size=image_size)
+        config.name_or_path = str(repo)
+        hf_state = {}
+        for path in weight_files(repo, allow_pickle=allow_pickle, **options):
+            hf_state.update(load_weight_file(path))
+        state = state_dict_from_hf(hf_state, config)
+        model = cls(config)
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        wrong_shape = [
+            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+            for k, v in state.items()
+            if k in expected and v.shape != expected[k].shape
+        ]
+        if missing or wrong_shape:
+            raise ValueError(
+                f"The transformers checkpoint at {repo} does not fit the model its config describes: "
+                f"missing {missing[:20]}, wrong shapes {wrong_shape[:20]}"
+            )
+        model.load_state_dict(state, strict=True)
+        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+        if isinstance(dtype, torch.dtype):
+            model = model.to(dtype)
+        return model.eval()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained`` plus the remote-code entry for zero-shot pipelines."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        import json
+        import os
+
+        config_path = os.path.join(save_directory, "config.json")
+        if os.path.exists(config_path):
+            with open(config_path, encoding="utf-8") as handle:
+                config = json.load(handle)
+            auto_map = config.setdefault("auto_map", {})
+            if "AutoModel" in auto_map:
+                auto_map.setdefault("AutoModelForZeroShotImageClassification", auto_map["AutoModel"])
+                with open(config_path, "w", encoding="utf-8") as handle:
+                    json.dump(config, handle, indent=2, sort_keys=True)
+                    handle.write("\n")
+        return result
+
+    def push_to_hub(self, repo_id: str, *, processor=None, metrics=None, tags=None, max_shard_size="5GB", **options):
+        """Upload weights, config, remote code, ``processor`` files and a model card to ``repo_id``.
+
+        ``options``: ``commit_message``, ``private``, ``token``, ``revision``, ``create_pr``.
+        ``metrics``: ``{dataset: {metric: value}}`` written into the model card.
+        """
+        from .hub import push_model_to_hub
+
+        return push_model_to_hub(
+            self, repo_id, processor=processor, metrics=metrics, tags=tags, max_shard_size=max_shard_size, **options
+        )
+
+    # transformers-compatible feature getters -------------------------------------------------
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """Like transformers' ``AlignModel.get_text_features``: the text tower output whose
+        ``pooler_output`` ``(B, projection_dim)`` is the projected, *unnormalised* text embedding."""
+        outputs = self.text_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        outputs.pooler_output = self.text_projection(outputs.pooler_output)
+        return outputs
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPoolingAndNoAttention:
+        """Like transformers' ``AlignModel.get_image_features``: the vision tower output whose
+        ``pooler_output`` ``(B, projection_dim)`` is the *unnormalised* image embedding."""
+        outputs = self.vision_model(pixel_values=pixel_values, **kwargs)
+        if self.image_projection is not None:
+            outputs.pooler_output = self.image_projection(outputs.pooler_output)
+        return outputs
+
+    # open_clip-style convenience -------------------------------------------------------------
+    def encode_image(self, pixel_values: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """``(B, C, H, W)`` pixels -> ``(B, projection_dim)`` embeddings (unit norm by default)."""
+        embeds = self.get_image_features(pixel_values).pooler_output
+        return l2_normalize(embeds) if normalize else embeds
+
+    def encode_text(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        normalize: bool = True,
+    ) -> torch.Tensor:
+        """``(B, L)`` token ids -> ``(B, projection_dim)`` embeddings (unit norm by default)."""
+        embeds = self.get_text_features(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).pooler_output
+        return l2_normalize(embeds) if normalize else embeds
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> AlignOutput | tuple:
+        """Embed texts ``(T, L)`` and images ``(I, C, H, W)``; logits are ``(I, T)`` and ``(T, I)``.
+
+        With ``return_loss=True`` (needs ``I == T``, pairs on the diagonal) the contrastive loss of
+        the configured head is returned, over the global batch when running distributed.
+        """
+        vision_outputs = self.get_image_features(pixel_values=pixel_values, output_hidden_states=output_hidden_states)
+        text_outputs = self.get_text_features(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        image_embeds = l2_normalize(vision_outputs.pooler_output)
+        text_embeds = l2_normalize(text_outputs.pooler_output)
+        head = self.contrastive_head
+        logits_per_image = head.logits(image_embeds, text_embeds)
+        logits_per_text = logits_per_image.t()
+
+        loss = i2t_acc = t2i_acc = None
+        if return_loss:
+            if image_embeds.shape[0] != text_embeds.shape[0]:
+                raise ValueError(
+                    f"return_loss needs as many images as texts, got {image_embeds.shape[0]} and {text_embeds.shape[0]}"
+                )
+            head_out = head(image_embeds, text_embeds)
+            loss, i2t_acc, t2i_acc = head_out.loss, head_out.i2t_accuracy, head_out.t2i_accuracy
+
+        output = AlignOutput(
+            loss=loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
+            temperature=head.get_temperature().detach(),
+            image_to_text_accuracy=i2t_acc,
+            text_to_image_accuracy=t2i_acc,
+        )
+        return output.to_tuple() if return_dict is False else output
+
+
+__all__ = ["AlignModel", "AlignTextModel", "AlignVisionModel", "AlignPreTrainedModel", "AlignOutput", "l2_normalize"]

@@ -1,0 +1,42 @@
+"""Tiny, seeded models and processors for tests, examples and CPU demos (no network needed)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import BertTokenizer
+
+from .configuration_align import AlignConfig
+from .modeling_align import AlignModel
+from .processing_align import AlignImageProcessor, AlignProcessor
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+DEFAULT_WORDS = (
+    "a an the photo picture image of on in with and small large big tiny red green blue yellow "
+    "black white purple orange gray pink brown circle square triangle star cross ring cat dog car "
+    "left right top bottom center one two three background striped dotted plain"
+).split()
+
+
+def tiny_tokenizer(words: list[str] | None = None, max_length: int = 64) -> BertTokenizer:
+    """An uncased WordPiece tokenizer over ``words`` plus single characters, built in memory."""
+    words = list(DEFAULT_WORDS if words is None else words)
+    chars = [c for c in "abcdefghijklmnopqrstuvwxyz0123456789.,"]
+    vocab = list(dict.fromkeys(SPECIAL_TOKENS + [w.lower() for w in words] + chars + ["##" + c for c in chars]))
+    return BertTokenizer(vocab={token: i for i, token in enumerate(vocab)}, model_max_length=max_length)
+
+
+def tiny_processor(words: list[str] | None = None, image_size: int = 64, max_length: int = 16) -> AlignProcessor:
+    """A processor for the ``tiny`` preset: resize to ``image_size * 1.2``, crop ``image_size``."""
+    resize = int(round(image_size * 346 / 289))
+    image_processor = AlignImageProcessor(
+        size={"height": resize, "width": resize}, crop_size={"height": image_size, "width": image_size}
+    )
+    return AlignProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(words, max_length))
+
+
+def tiny_model(seed: int = 0, vocab_size: int | None = None, **overrides) -> AlignModel:
+    """The ``tiny`` preset with seeded random weights, in eval mode."""
+    torch.manual_seed(seed)
+    if vocab_size is not None:
+        overrides.setdefault("text_config", {})["vocab_size"] = vocab_size
+    return AlignModel(AlignConfig.from_preset("tiny", **overrides)).eval()
