@@ -1,0 +1,223 @@
+"""Zero-shot classification and retrieval evaluation: metric definitions, templates, classifier maths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from align_hf.evaluation import classification_metrics, get_field, retrieval_metrics
+from align_hf.zero_shot import build_class_embeddings, load_class_names, load_templates
+
+
+# ------------------------------------------------------------------------------------------
+# classification metrics
+# ------------------------------------------------------------------------------------------
+
+
+def test_classification_metrics_hand_computed():
+    # 6 classes; the true class's rank (classes scoring strictly higher) is 0, 2, 5, 0.
+    logits = torch.tensor(
+        [
+            [9.0, 1.0, 2.0, 3.0, 4.0, 5.0],  # label 0 -> rank 0
+            [1.0, 2.0, 3.0, 9.0, 8.0, 0.0],  # label 2 -> 9, 8 above -> rank 2
+            [6.0, 5.0, 4.0, 3.0, 2.0, 1.0],  # label 5 -> rank 5
+            [0.0, 0.0, 0.0, 0.0, 1.0, 0.0],  # label 4 -> rank 0
+        ]
+    )
+    labels = torch.tensor([0, 2, 5, 4])
+    m = classification_metrics(logits, labels)
+    assert m["top1"] == pytest.approx(2 / 4)
+    assert m["top5"] == pytest.approx(3 / 4)
+    # per-class top-1 recall: class 0 -> 1, class 2 -> 0, class 5 -> 0, class 4 -> 1; mean over 4 present classes
+    assert m["mean_per_class_recall"] == pytest.approx(0.5)
+    assert m["num_samples"] == 4
+
+
+def test_mean_per_class_recall_weights_classes_not_samples():
+    # class 0: 3 samples all right; class 1: 1 sample wrong -> accuracy 3/4, mean per-class recall 1/2
+    logits = torch.tensor([[1.0, 0.0]] * 4)
+    m = classification_metrics(logits, torch.tensor([0, 0, 0, 1]))
+    assert m["top1"] == pytest.approx(0.75)
+    assert m["mean_per_class_recall"] == pytest.approx(0.5)
+    assert "top5" not in m  # fewer than 5 classes
+
+
+def test_classification_metrics_match_brute_force():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(300, 12, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 12, (300,), generator=g)
+    m = classification_metrics(logits, labels, topk=(1, 3, 5))
+    order = logits.argsort(dim=1, descending=True)
+    for k in (1, 3, 5):
+        expected = np.mean([labels[i].item() in order[i, :k].tolist() for i in range(300)])
+        assert m[f"top{k}"] == pytest.approx(expected)
+    pred = order[:, 0]
+    recalls = [(pred[labels == c] == c).double().mean().item() for c in range(12) if (labels == c).any()]
+    assert m["mean_per_class_recall"] == pytest.approx(np.mean(recalls))
+
+
+@pytest.mark.parametrize(
+    "logits, labels, match",
+    [
+        (torch.zeros(3), torch.zeros(3, dtype=torch.long), "must be"),
+        (torch.zeros(3, 4), torch.tensor([0, 1, 4]), "labels must lie"),
+        (torch.zeros(3, 4), torch.tensor([0, 1]), "labels must be"),
+        (torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), "no samples"),
+    ],
+)
+def test_classification_metrics_bad_input(logits, labels, match):
+    with pytest.raises(ValueError, match=match):
+        classification_metrics(logits, labels)
+
+
+# ------------------------------------------------------------------------------------------
+# retrieval metrics
+# ------------------------------------------------------------------------------------------
+
+# Images are the standard basis, so text t scores SCORES[t, i] against image i.
+SCORES = torch.tensor(
+    [
+        [0.9, 0.1, 0.2],  # caption of image 0, own image first            -> t2i rank 0
+        [0.3, 0.5, 0.1],  # caption of image 0, image 1 above              -> rank 1
+        [0.2, 0.4, 0.6],  # caption of image 1, image 2 above              -> rank 1
+        [0.7, 0.2, 0.8],  # caption of image 1, images 0 and 2 above       -> rank 2
+        [0.1, 0.3, 0.2],  # caption of image 2, image 1 above              -> rank 1
+    ]
+)
+OWNER = torch.tensor([0, 0, 1, 1, 2])
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 1024])
+def test_retrieval_metrics_hand_computed(block_size):
+    m = retrieval_metrics(torch.eye(3), SCORES, OWNER, ks=(1, 2, 3), block_size=block_size)
+    # text -> image ranks 0, 1, 1, 2, 1
+    assert m["text_to_image_R@1"] == pytest.approx(1 / 5)
+    assert m["text_to_image_R@2"] == pytest.approx(4 / 5)
+    assert m["text_to_image_R@3"] == pytest.approx(1.0)
+    # image 0: best own caption 0.9, nothing above -> rank 0
+    # image 1: best own caption 0.4 (text 2); text 1 (0.5) above -> rank 1
+    # image 2: own caption 0.2; texts 2 (0.6) and 3 (0.8) above, text 0 ties (0.2) -> rank 2
+    assert m["image_to_text_R@1"] == pytest.approx(1 / 3)
+    assert m["image_to_text_R@2"] == pytest.approx(2 / 3)
+    assert m["image_to_text_R@3"] == pytest.approx(1.0)
+    assert (m["num_images"], m["num_texts"], m["images_without_captions"]) == (3, 5, 0)
+
+
+def _brute_force_recall(img: torch.Tensor, txt: torch.Tensor, owner: torch.Tensor, k: int) -> tuple[float, float]:
+    """Reference: full float64 score matrix, top-k sets by sorting."""
+    s = (txt.double() @ img.double().T).numpy()
+    own = owner.numpy()
+    t2i = np.mean([own[t] in np.argsort(-s[t])[:k] for t in range(len(own))])
+    i2t = np.mean(
+        [bool(set(np.argsort(-s[:, i])[:k]) & set(np.flatnonzero(own == i))) for i in range(img.shape[0])]
+    )
+    return float(i2t), float(t2i)
+
+
+def test_retrieval_metrics_match_brute_force_with_five_captions_per_image():
+    g = torch.Generator().manual_seed(1)
+    n_img, per, d = 60, 5, 16
+    img = torch.nn.functional.normalize(torch.randn(n_img, d, generator=g), dim=1)
+    owner = torch.arange(n_img).repeat_interleave(per)
+    txt = torch.nn.functional.normalize(img[owner] + 0.9 * torch.randn(n_img * per, d, generator=g), dim=1)
+    perm = torch.randperm(len(owner), generator=g)  # captions need not be grouped by image
+    txt, owner = txt[perm], owner[perm]
+    m = retrieval_metrics(img, txt, owner, ks=(1, 5, 10), block_size=7)
+    for k in (1, 5, 10):
+        i2t, t2i = _brute_force_recall(img, txt, owner, k)
+        assert m[f"image_to_text_R@{k}"] == pytest.approx(i2t)
+        assert m[f"text_to_image_R@{k}"] == pytest.approx(t2i)
+    assert 0 < m["text_to_image_R@1"] < 1  # the case is not degenerate
+
+
+def test_retrieval_metrics_image_without_caption_is_left_out_and_counted():
+    m = retrieval_metrics(torch.eye(4), torch.cat([SCORES, torch.zeros(5, 1)], 1), OWNER, ks=(1,))
+    assert m["images_without_captions"] == 1
+    assert m["image_to_text_R@1"] == pytest.approx(1 / 3)  # same three images as the hand case
+
+
+def test_retrieval_metrics_large_blocked_run_matches_unblocked():
+    # 25k captions x 5k images (the MSCOCO shape) in blocks of 512: the result does not depend on blocking.
+    g = torch.Generator().manual_seed(2)
+    img = torch.nn.functional.normalize(torch.randn(5000, 8, generator=g), dim=1)
+    owner = torch.arange(5000).repeat_interleave(5)
+    txt = torch.nn.functional.normalize(img[owner] + 0.3 * torch.randn(25000, 8, generator=g), dim=1)
+    blocked = retrieval_metrics(img, txt, owner, block_size=512)
+    whole = retrieval_metrics(img, txt, owner, block_size=25000)
+    assert blocked == whole
+    assert 0 < blocked["text_to_image_R@1"] < blocked["text_to_image_R@10"] < 1
+
+
+@pytest.mark.parametrize(
+    "img, txt, owner, match",
+    [
+        (torch.eye(3), torch.zeros(2, 4), [0, 1], "embeddings must be"),
+        (torch.eye(3), torch.zeros(0, 3), [], "at least one"),
+        (torch.eye(3), torch.zeros(2, 3), [0], "text_to_image must be"),
+        (torch.eye(3), torch.zeros(2, 3), [0, 3], "must lie"),
+    ],
+)
+def test_retrieval_metrics_bad_input(img, txt, owner, match):
+    with pytest.raises(ValueError, match=match):
+        retrieval_metrics(img, txt, torch.tensor(owner, dtype=torch.long))
+
+
+# ------------------------------------------------------------------------------------------
+# templates, class names and the classifier maths
+# ------------------------------------------------------------------------------------------
+
+
+def test_builtin_templates():
+    imagenet = load_templates("imagenet")
+    assert len(imagenet) == 80 and len(set(imagenet)) == 80
+    assert "a photo of a {}." in imagenet and "itap of a {}." in imagenet
+    short = load_templates("short")
+    assert 1 < len(short) < 80 and set(short) <= set(imagenet)
+
+
+def test_custom_templates_and_class_names(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("# my prompts\na {} here.\n\nthe {}!\n")
+    assert load_templates(str(f)) == ["a {} here.", "the {}!"]
+    assert load_templates(["x {}"]) == ["x {}"]
+    with pytest.raises(ValueError, match="exactly one"):
+        load_templates(["no placeholder"])
+    with pytest.raises(FileNotFoundError):
+        load_templates("no-such-template-set")
+    names = tmp_path / "classes.txt"
+    names.write_text("cat\ndog\n\n")
+    assert load_class_names(names) == ["cat", "dog"]
+    js = tmp_path / "classes.json"
+    js.write_text('["red circle", "blue star"]')
+    assert load_class_names(js) == ["red circle", "blue star"]
+
+
+def test_class_embeddings_are_renormalised_means_of_normalised_prompts():
+    table = {
+        "a cat.": [3.0, 0.0],  # norm 3 -> (1, 0)
+        "the cat!": [0.0, 0.5],  # -> (0, 1)
+        "a dog.": [1.0, 1.0],  # -> (1, 1)/sqrt2
+        "the dog!": [1.0, -1.0],  # -> (1, -1)/sqrt2
+    }
+    seen: list[str] = []
+
+    def encode(prompts: list[str]) -> torch.Tensor:
+        seen.extend(prompts)
+        return torch.tensor([table[p] for p in prompts])
+
+    w = build_class_embeddings(encode, ["cat", "dog"], ["a {}.", "the {}!"])
+    assert seen == ["a cat.", "the cat!", "a dog.", "the dog!"]
+    s = 2**-0.5
+    # cat: mean((1,0),(0,1)) = (.5,.5) -> (s, s); dog: mean((s,s),(s,-s)) = (s,0) -> (1, 0)
+    assert torch.allclose(w, torch.tensor([[s, s], [1.0, 0.0]]), atol=1e-6)
+
+
+def test_get_field_reads_dotted_paths_into_json_sidecars():
+    row = {"jpg": b"...", "json": b'{"label_index": 3, "meta": {"captions": ["a", "b"]}}', "label": 1}
+    assert get_field(row, "label") == 1
+    assert get_field(row, "json.label_index") == 3
+    assert get_field(row, "json.meta.captions") == ["a", "b"]
+    assert get_field(row, "json.nope", None) is None
+    with pytest.raises(KeyError, match="json.nope"):
+        get_field(row, "json.nope")
