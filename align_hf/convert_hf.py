@@ -90,7 +90,7 @@ def config_from_hf(hf_config: dict[str, Any], image_size: int = 289) -> AlignCon
         pooling=pooling,
         batch_norm_eps=vision.get("batch_norm_eps", 1e-3),
         # transformers hands TF's decay (0.99) to torch, where momentum means the opposite.
-        batch_norm_momentum=1.0 - tf_momentum if tf_momentum > 0.5 else tf_momentum,
+        batch_norm_momentum=round(1.0 - tf_momentum, 6) if tf_momentum > 0.5 else tf_momentum,
         drop_path_rate=0.0,
     )
     text_config = {k: text[k] for k in _TEXT_FIELDS if k in text}

@@ -419,12 +419,16 @@ class AlignModel(AlignPreTrainedModel):
 
         options = hub_options(kwargs)
         image_size = 289
-        processor_path = resolve_file(repo, "preprocessor_config.json", **options)
-        if processor_path:
-            import json
+        for name in ("preprocessor_config.json", "processor_config.json"):
+            processor_path = resolve_file(repo, name, **options)
+            if processor_path:
+                import json
 
-            with open(processor_path, encoding="utf-8") as handle:
-                image_size = json.load(handle).get("crop_size", {}).get("height", image_size)
+                with open(processor_path, encoding="utf-8") as handle:
+                    settings = json.load(handle)
+                settings = settings.get("image_processor", settings)
+                image_size = (settings.get("crop_size") or {}).get("height", image_size)
+                break
         config = config_from_hf(config_dict, image_size=image_size)
         config.name_or_path = str(repo)
         hf_state = {}
