@@ -13,6 +13,7 @@ from typing import Sequence
 
 # Modules that each define `register(subparsers)` for one command group.
 COMMAND_MODULES: list[str] = [
+    "align_hf.data.cli",
 ]
 
 

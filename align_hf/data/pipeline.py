@@ -1,0 +1,318 @@
+"""The training/eval input pipeline: shard -> shuffle -> decode -> filter -> transform -> batch.
+
+:class:`ImageTextPairs` turns a :func:`~align_hf.data.sources.load_pairs` stream into decoded,
+filtered, transformed samples, skipping and counting everything bad. :class:`ImageTextLoader`
+batches it with a torch ``DataLoader`` and gathers the counts from every worker.
+
+Sharding: ranks get disjoint parts of the stream via ``datasets.distributed.split_dataset_by_node``
+(whole shards when ``n_shards`` divides by the world size, else every world_size-th example), and
+``datasets`` hands each DataLoader worker its own shards, so every sample is read once per epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import datasets
+import torch
+from datasets.distributed import split_dataset_by_node
+from PIL import Image
+
+from .decoding import DecodeLimits, clean_caption, decode_image, image_bytes
+from .filtering import AlignFilter
+from .sources import iter_records
+from .transforms import STATS_KEY, ImageTextCollator, ImageTransform
+
+logger = logging.getLogger(__name__)
+
+TOTAL = "total"
+KEPT = "kept"
+SKIP_PREFIX = "skipped/"
+FILTER_PREFIX = "filtered/"
+INCOMPLETE_BATCH = "incomplete_batch"
+
+
+@dataclass
+class DataStats:
+    """Counts of one pass: records read, samples kept, skipped by reason, filtered by rule."""
+
+    total: int = 0
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    filtered: Counter = field(default_factory=Counter)
+
+    def update(self, delta: dict[str, int]) -> None:
+        """Add a flat delta as carried between processes (``total``, ``kept``, ``skipped/<reason>``...)."""
+        for name, value in delta.items():
+            if name == TOTAL:
+                self.total += value
+            elif name == KEPT:
+                self.kept += value
+            elif name.startswith(SKIP_PREFIX):
+                self.skipped[name[len(SKIP_PREFIX) :]] += value
+            elif name.startswith(FILTER_PREFIX):
+                self.filtered[name[len(FILTER_PREFIX) :]] += value
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "kept": self.kept,
+            "skipped": dict(sorted(self.skipped.items())),
+            "filtered": dict(sorted(self.filtered.items())),
+        }
+
+    def summary(self) -> str:
+        parts = [f"{self.kept}/{self.total} kept"]
+        if self.skipped:
+            parts.append("skipped " + ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items())))
+        if self.filtered:
+            parts.append("filtered " + ", ".join(f"{k}={v}" for k, v in sorted(self.filtered.items())))
+        return "; ".join(parts)
+
+
+def _default_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class ImageTextPairs(torch.utils.data.IterableDataset):
+    """Decoded, filtered, transformed image-text samples from a ``load_pairs`` stream.
+
+    Yields ``{"pixel_values": transform(image), "text": str, "key": str | None}``. With
+    ``transform=None``, ``"image"`` (an RGB PIL image) is yielded instead of ``pixel_values``.
+
+    Args:
+        pairs: output of :func:`~align_hf.data.sources.load_pairs`.
+        transform: e.g. :class:`~align_hf.data.transforms.ImageTransform`.
+        filter: optional :class:`~align_hf.data.filtering.AlignFilter`.
+        limits: decode-time sanity limits.
+        shuffle_buffer: examples held in the shuffle buffer (0: no shuffling). Shard order is
+            shuffled too; call :meth:`set_epoch` each epoch for a new order.
+        seed: shuffling / caption-choice seed.
+        rank, world_size: this process's place among distributed ranks (default: from
+            ``torch.distributed`` when initialised).
+        emit_stats: attach per-sample statistic deltas (and a final statistics-only record) so
+            counts made in DataLoader workers reach the main process; used by ImageTextLoader.
+    """
+
+    def __init__(
+        self,
+        pairs: datasets.IterableDataset,
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        filter: AlignFilter | None = None,  # noqa: A002 - the natural name
+        limits: DecodeLimits = DecodeLimits(),
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        emit_stats: bool = False,
+    ):
+        if rank is None or world_size is None:
+            rank, world_size = _default_rank_world()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        if world_size > 1:
+            if pairs.n_shards % world_size:
+                logger.warning(
+                    "%d shards do not split evenly over %d ranks: every rank reads all shards and keeps "
+                    "every %d-th example (slower); write a multiple of %d shards",
+                    pairs.n_shards, world_size, world_size, world_size,
+                )
+            pairs = split_dataset_by_node(pairs, rank=rank, world_size=world_size)
+        if shuffle_buffer > 0:
+            pairs = pairs.shuffle(seed=seed, buffer_size=shuffle_buffer)
+        self.pairs = pairs
+        self.transform = transform
+        self.filter = filter
+        self.limits = limits
+        self.seed = seed
+        self.epoch = 0
+        self.emit_stats = emit_stats
+        self.stats = DataStats()
+        if filter is not None and filter.counts is None and filter.config.needs_counts:
+            logger.warning("filter has no FrequencyCounts: the frequency rules (shared texts, rare tokens) are off")
+
+    @property
+    def n_shards(self) -> int:
+        return self.pairs.n_shards
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for a new epoch (same result on every rank for the same epoch)."""
+        self.epoch = epoch
+        self.pairs.set_epoch(epoch)
+
+    def _draft_size(self) -> tuple[int, int] | None:
+        size = getattr(self.transform, "size", None)
+        return (size[1], size[0]) if size is not None else None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker = torch.utils.data.get_worker_info()
+        worker_id = worker.id if worker is not None else 0
+        if hasattr(self.transform, "reseed"):
+            self.transform.reseed(1000 * self.epoch + worker_id)
+        caption_rng = random.Random(hash((self.seed, self.epoch, worker_id)))
+        draft = self._draft_size()
+        pending: Counter = Counter()
+
+        def skip(name: str) -> None:
+            pending[name] += 1
+            self.stats.update({name: 1})
+
+        for record in iter_records(self.pairs):
+            pending[TOTAL] += 1
+            self.stats.total += 1
+            if record.get("error"):
+                skip(SKIP_PREFIX + record["error"].split(":", 1)[0])
+                continue
+            text, reason = clean_caption(record.get("text"), caption_rng)
+            if reason is not None:
+                skip(SKIP_PREFIX + reason)
+                continue
+            if self.filter is not None:
+                rule = self.filter.check_text(text)
+                if rule is not None:
+                    self.filter.report.add(rule)
+                    skip(FILTER_PREFIX + rule)
+                    continue
+            data = image_bytes(record.get("image"))
+            decoded = decode_image(data, self.limits, draft_size=draft)
+            if decoded.image is None:
+                skip(SKIP_PREFIX + decoded.reason)
+                continue
+            if self.filter is not None:
+                rule = self.filter.check_image(*decoded.original_size, data=data)
+                self.filter.report.add(rule)
+                if rule is not None:
+                    skip(FILTER_PREFIX + rule)
+                    continue
+            sample: dict[str, Any] = {"text": text, "key": record.get("key")}
+            if self.transform is not None:
+                sample["pixel_values"] = self.transform(decoded.image)
+            else:
+                sample["image"] = decoded.image
+            pending[KEPT] += 1
+            self.stats.kept += 1
+            if self.emit_stats:
+                sample[STATS_KEY] = dict(pending)
+                pending.clear()
+            yield sample
+        if self.emit_stats and pending:
+            yield {STATS_KEY: dict(pending)}  # counts after the last kept sample
+        if worker is None and self.stats.total:
+            logger.info("data pass: %s", self.stats.summary())
+
+
+class ImageTextLoader:
+    """Batches from :class:`ImageTextPairs` through a torch ``DataLoader``, with counts.
+
+    Iterating yields dicts with ``pixel_values``, ``input_ids``, ``attention_mask`` (see
+    :class:`~align_hf.data.transforms.ImageTextCollator`). ``stats`` accumulates, across all
+    workers and epochs, what was read, kept, skipped and filtered. With ``drop_last`` every
+    batch has exactly ``batch_size`` samples (needed for the distributed loss).
+    """
+
+    def __init__(
+        self,
+        dataset: ImageTextPairs,
+        collator: ImageTextCollator,
+        batch_size: int,
+        num_workers: int = 0,
+        drop_last: bool = True,
+        pin_memory: bool = False,
+        prefetch_factor: int | None = None,
+        persistent_workers: bool = False,
+    ):
+        if dataset.transform is None:
+            raise ValueError("ImageTextLoader needs a dataset with a transform (it batches pixel_values)")
+        if num_workers > dataset.n_shards:
+            logger.warning(
+                "%d workers but only %d shards: %d workers will idle",
+                num_workers, dataset.n_shards, num_workers - dataset.n_shards,
+            )
+        dataset.emit_stats = True
+        collator.keep_stats = True
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.stats = DataStats()
+        kwargs: dict[str, Any] = {}
+        if num_workers > 0:
+            kwargs["persistent_workers"] = persistent_workers
+            if prefetch_factor is not None:
+                kwargs["prefetch_factor"] = prefetch_factor
+        self.loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=collator,
+            pin_memory=pin_memory,
+            drop_last=False,  # incomplete batches are dropped here, after their counts are taken
+            **kwargs,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in self.loader:
+            self.stats.update(batch.pop(STATS_KEY, {}))
+            if "pixel_values" not in batch:
+                continue
+            if self.drop_last and batch["pixel_values"].shape[0] < self.batch_size:
+                # Counted so that kept == samples actually trained on + this.
+                self.stats.skipped[INCOMPLETE_BATCH] += batch["pixel_values"].shape[0]
+                continue
+            yield batch
+        logger.info("data: %s", self.stats.summary())
+
+
+def build_loader(
+    source: Any,
+    batch_size: int,
+    *,
+    processor: Any = None,
+    tokenizer: Any = None,
+    size: Any = None,
+    crop_size: Any = None,
+    train: bool = True,
+    filter: AlignFilter | None = None,  # noqa: A002
+    limits: DecodeLimits = DecodeLimits(),
+    shuffle_buffer: int | None = None,
+    seed: int = 0,
+    num_workers: int = 0,
+    drop_last: bool | None = None,
+    max_length: int = 64,
+    padding: str = "longest",
+    image_column: str | None = None,
+    text_column: str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> ImageTextLoader:
+    """Source to batches in one call.
+
+    Sizes and tokenizer come from ``processor`` (``processor.image_processor.size`` /
+    ``crop_size``, ``processor.tokenizer``) or are given directly. ``train`` selects the random
+    crop + flip, shuffling (``shuffle_buffer`` default 10000 when training, 0 otherwise) and
+    ``drop_last`` (default: same as ``train``). ``source`` is anything :func:`load_pairs` takes,
+    or its result.
+    """
+    from .sources import load_pairs
+
+    if processor is not None:
+        transform = ImageTransform.from_image_processor(processor.image_processor, train=train, seed=seed)
+        tokenizer = tokenizer or processor.tokenizer
+    else:
+        if size is None or tokenizer is None:
+            raise ValueError("pass processor=, or both size= (and optionally crop_size=) and tokenizer=")
+        transform = ImageTransform(size, crop_size, train=train, seed=seed)
+    pairs = load_pairs(source, image_column, text_column)
+    if shuffle_buffer is None:
+        shuffle_buffer = 10_000 if train else 0
+    dataset = ImageTextPairs(pairs, transform, filter, limits, shuffle_buffer, seed, rank, world_size)
+    collator = ImageTextCollator(tokenizer, max_length=max_length, padding=padding)
+    return ImageTextLoader(dataset, collator, batch_size, num_workers=num_workers, drop_last=train if drop_last is None else drop_last)
