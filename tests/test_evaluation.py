@@ -221,3 +221,154 @@ def test_get_field_reads_dotted_paths_into_json_sidecars():
     assert get_field(row, "json.nope", None) is None
     with pytest.raises(KeyError, match="json.nope"):
         get_field(row, "json.nope")
+
+
+# ------------------------------------------------------------------------------------------
+# with a tiny random model
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from align_hf.testing import tiny_model, tiny_processor
+
+    return tiny_model(), tiny_processor()
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    from align_hf.data.synthetic import SyntheticConfig, SyntheticCorpus
+
+    return SyntheticCorpus(SyntheticConfig(zeroshot_per_class=1, num_retrieval=12))
+
+
+def _embed_one_by_one(model, processor, texts=(), images=()):
+    """Reference embeddings: one unpadded item per forward pass."""
+    with torch.no_grad():
+        t = [model.encode_text(**processor(text=[x], return_tensors="pt", padding=False)) for x in texts]
+        i = [model.encode_image(processor(images=[x], return_tensors="pt")["pixel_values"]) for x in images]
+    return (torch.cat(t) if t else None), (torch.cat(i) if i else None)
+
+
+def test_zero_shot_classifier_weights_and_predictions_match_direct_computation(tiny, corpus):
+    from align_hf.zero_shot import ZeroShotClassifier, logit_scale
+
+    model, processor = tiny
+    names, templates = ["red circle", "blue star", "green square"], ["a photo of a {}.", "the {} shape."]
+    clf = ZeroShotClassifier(model, processor, names, templates, batch_size=4, progress=False)
+    prompts = [t.format(n) for n in names for t in templates]
+    text, _ = _embed_one_by_one(model, processor, texts=prompts)
+    expected = torch.nn.functional.normalize(text.view(3, 2, -1).mean(1), dim=-1)
+    torch.testing.assert_close(clf.weights, expected, atol=1e-5, rtol=0)
+
+    images = [corpus.sample("zeroshot", i).image for i in range(3)]
+    _, img = _embed_one_by_one(model, processor, images=images)
+    probs = (logit_scale(model) * img @ expected.T).softmax(-1)
+    out = clf.predict(images + [b"not an image"], top_k=2)
+    assert out[3] == []  # unreadable image: empty result in its place
+    for row, preds in enumerate(out[:3]):
+        top = probs[row].topk(2)
+        assert [p["label"] for p in preds] == [names[j] for j in top.indices.tolist()]
+        assert [p["score"] for p in preds] == pytest.approx(top.values.tolist(), abs=1e-5)
+    assert logit_scale(model) == pytest.approx(1 / model.contrastive_head.temperature.item())
+
+
+def test_zero_shot_class_embeddings_are_cached_on_disk(tiny, tmp_path, monkeypatch):
+    import align_hf.zero_shot as zs
+
+    model, processor = tiny
+    first = zs.ZeroShotClassifier(model, processor, ["cat", "dog"], "short", cache_dir=tmp_path, progress=False)
+    weights = first.weights
+    assert len(list(tmp_path.glob("zero_shot_*.pt"))) == 1
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("class embeddings should come from the cache")
+
+    monkeypatch.setattr(zs, "encode_texts", no_encoding)
+    again = zs.ZeroShotClassifier(model, processor, ["cat", "dog"], "short", cache_dir=tmp_path, progress=False)
+    torch.testing.assert_close(again.weights, weights, rtol=0, atol=0)
+    # another class list is another cache entry, not a stale hit
+    other = zs.ZeroShotClassifier(model, processor, ["dog", "cat"], "short", cache_dir=tmp_path, progress=False)
+    with pytest.raises(AssertionError, match="from the cache"):
+        other.weights
+
+
+def test_evaluate_zero_shot_matches_manual_pipeline_and_counts_bad_rows(tiny, corpus):
+    from align_hf.evaluation import evaluate_zero_shot
+    from align_hf.zero_shot import build_class_embeddings
+
+    model, processor = tiny
+    # zero-shot sample i has label i % 48; the first 12 classes and two templates keep this quick
+    names, templates = corpus.class_names[:12], list(corpus.zeroshot_templates[:2])
+    samples = [corpus.sample("zeroshot", i) for i in range(12)]
+    rows = [{"image": s.image, "json": json_bytes(s.meta)} for s in samples]
+    rows.insert(3, {"image": b"\x89PNG broken", "json": json_bytes({"label_index": 0})})
+    rows.insert(5, {"image": samples[0].image, "json": json_bytes({"label_index": 999})})
+    rows.insert(7, {"image": samples[0].image, "json": json_bytes({})})
+    m = evaluate_zero_shot(
+        model, processor, rows, names, templates=templates,
+        image_column="image", label_column="json.label_index", batch_size=5, progress=False,
+    )
+    assert m["skipped"] == 3 and m["num_samples"] == 12
+
+    text_fn = lambda prompts: _embed_one_by_one(model, processor, texts=prompts)[0]  # noqa: E731
+    weights = build_class_embeddings(text_fn, names, templates)
+    _, img = _embed_one_by_one(model, processor, images=[s.image for s in samples])
+    expected = classification_metrics(img @ weights.T, torch.tensor([s.meta["label_index"] for s in samples]))
+    for key in ("top1", "top5", "mean_per_class_recall"):
+        assert m[key] == pytest.approx(expected[key])
+
+    # labels may also be class names
+    by_name = evaluate_zero_shot(
+        model, processor, [{"img": s.image, "label": s.meta["label"]} for s in samples], names,
+        templates=templates, image_column="img", progress=False,
+    )
+    assert by_name["top1"] == pytest.approx(expected["top1"]) and by_name["skipped"] == 0
+
+
+def json_bytes(obj) -> bytes:
+    import json
+
+    return json.dumps(obj).encode()
+
+
+def test_evaluate_retrieval_matches_manual_pipeline(tiny, corpus):
+    from align_hf.evaluation import evaluate_retrieval
+
+    model, processor = tiny
+    samples = [corpus.sample("retrieval", i) for i in range(8)]
+    rows = [{"image": s.image, "json": json_bytes(s.meta)} for s in samples]
+    rows.append({"image": b"garbage", "json": json_bytes({"captions": ["lost"]})})
+    rows.append({"image": samples[0].image, "json": json_bytes({"captions": []})})
+    m = evaluate_retrieval(
+        model, processor, rows, caption_column="json.captions", ks=(1, 5), batch_size=3, progress=False
+    )
+    assert m["skipped"] == 2 and m["num_images"] == 8 and m["num_texts"] == 16
+
+    captions = [c for s in samples for c in s.meta["captions"]]
+    txt, img = _embed_one_by_one(model, processor, texts=captions, images=[s.image for s in samples])
+    expected = retrieval_metrics(img, txt, torch.arange(8).repeat_interleave(2), ks=(1, 5))
+    for key, value in expected.items():
+        assert m[key] == pytest.approx(value), key
+
+
+def test_evaluate_metric_modules_match_library_functions():
+    from align_hf.metrics import load, metric_path
+
+    g = torch.Generator().manual_seed(3)
+    logits, labels = torch.randn(40, 7, generator=g), torch.randint(0, 7, (40,), generator=g)
+    acc = load("zero_shot_accuracy")
+    got = acc.compute(predictions=logits.tolist(), references=labels.tolist())
+    assert got == pytest.approx(classification_metrics(logits, labels))
+    # incremental use, the way evaluate users batch things
+    for lo in range(0, 40, 16):
+        acc.add_batch(predictions=logits[lo : lo + 16].tolist(), references=labels[lo : lo + 16].tolist())
+    assert acc.compute() == pytest.approx(classification_metrics(logits, labels))
+
+    recall = load("retrieval_recall")
+    got = recall.compute(predictions=SCORES.tolist(), references=OWNER.tolist(), image_embeds=torch.eye(3), ks=[1, 2])
+    assert got == pytest.approx(retrieval_metrics(torch.eye(3), SCORES, OWNER, ks=(1, 2)))
+    with pytest.raises(ValueError, match="image_embeds"):
+        recall.compute(predictions=SCORES.tolist(), references=OWNER.tolist())
+    with pytest.raises(ValueError, match="unknown metric"):
+        metric_path("bleu")
