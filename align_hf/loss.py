@@ -66,24 +66,13 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _prepare_operands(x: Tensor, y: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Tile operands ``(rows, cols, tile_scale)``; every tile is ``rows_i @ cols_j.T * tile_scale``.
-
-    In fp32/fp64 the scale is folded into the rows once (O(N d)), saving a pass per tile, and
-    ``tile_scale`` is None. CUDA multiplies bf16/fp16 tiles as they are with an fp32 result
-    (``torch.mm(out_dtype=...)``); folding the scale into them would round it to 8 bits, so the
-    fp32 tile is scaled instead. Other devices upcast low-precision inputs once.
-    """
-    acc = _accumulation_dtype(x.dtype)
-    s = scale.to(acc)
-    if x.dtype in _LOW_PRECISION and x.device.type == "cuda":
-        return x.contiguous(), y.contiguous(), s
-    return (x.to(acc) * s).contiguous(), y.to(acc).contiguous(), None
-
-
-def _scores(xi: Tensor, yj: Tensor, tile_scale: Tensor | None, acc: torch.dtype) -> Tensor:
-    scores = _mm(xi, yj.T, acc)
-    return scores if tile_scale is None else scores.mul_(tile_scale)
+def _operand(t: Tensor) -> Tensor:
+    """A tile GEMM operand: CUDA multiplies bf16/fp16 as they are with an fp32 result
+    (``torch.mm(out_dtype=...)``); elsewhere low-precision GEMMs are slow or lack that
+    overload, so the input is upcast once (O(N d))."""
+    if t.dtype in _LOW_PRECISION and t.device.type == "cuda":
+        return t.contiguous()
+    return t.to(_accumulation_dtype(t.dtype)).contiguous()
 
 
 def _mm(a: Tensor, b: Tensor, acc: torch.dtype) -> Tensor:
@@ -106,7 +95,7 @@ def _tile_ranges(n: int, tile: int) -> list[tuple[int, int]]:
 
 
 def _copy_label_logits(
-    scores: Tensor, diag: Tensor, i0: int, i1: int, j0: int, j1: int, label_offset: int
+    scores: Tensor, labels: Tensor, i0: int, i1: int, j0: int, j1: int, label_offset: int
 ) -> None:
     """Store the logits of (row i, column label_offset + i) that fall inside this tile.
 
@@ -120,225 +109,231 @@ def _copy_label_logits(
     r0 = lo - label_offset - i0
     c0 = lo - j0
     k = hi - lo
-    diag[lo - label_offset : hi - label_offset] = torch.diagonal(scores[r0 : r0 + k, c0 : c0 + k])
+    labels[lo - label_offset : hi - label_offset] = torch.diagonal(
+        scores[r0 : r0 + k, c0 : c0 + k]
+    )
 
 
-@torch.library.custom_op("align_hf::tiled_scores_forward", mutates_args=())
+# The tile loops are custom ops: torch.compile sees one opaque node instead of unrolling them,
+# and the fake (meta) versions below give it the output shapes.
+
+
+@torch.library.custom_op("align_hf::tiled_cross_entropy_forward", mutates_args=())
 def _tiled_forward(
     x: Tensor,
     y: Tensor,
     scale: Tensor,
     bias: Optional[Tensor],
+    label_smoothing: float,
     sigmoid: bool,
     columns: bool,
     label_offset: int,
     tile: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """One pass over the tiles of S = scale * x y^T (+ bias).
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Per-row (and per-column) losses of S = scale * x y^T, row i labelled label_offset + i.
 
-    Returns ``(row_stat (n,), col_stat (m,) or (0,), row_max (n,), col_max (m,) or (0,),
-    label_logits (n,))``. Softmax: row/col stats are log-sum-exp. Sigmoid: row_stat is
-    sum_j softplus(S_ij + b) and col_stat is empty. ``columns`` turns column statistics on.
+    Softmax: ``row_loss_i`` is PyTorch's label-smoothed cross entropy of row i of S;
+    with ``columns`` (square S, offset 0) ``col_loss_j`` is that of column j. Sigmoid:
+    ``row_loss_i = sum_j softplus(-z_ij (S_ij + bias))``; ``columns`` only adds ``col_max``.
+
+    Returns ``(row_loss (n,), col_loss (m,|0), row_lse (n,|0), col_lse (m,|0), row_max (n,),
+    col_max (m,|0), label_logits (n,))`` in fp32 (fp64 for fp64 inputs).
     """
     # Autocast stays active inside custom ops; it would run the tile GEMMs in bf16.
     with torch.autocast(x.device.type, enabled=False):
-        return _forward_tiles(x, y, scale, bias, sigmoid, columns, label_offset, tile)
+        return _forward_tiles(
+            x, y, scale, bias, label_smoothing, sigmoid, columns, label_offset, tile
+        )
 
 
-def _forward_tiles(
-    x: Tensor,
-    y: Tensor,
-    scale: Tensor,
-    bias: Optional[Tensor],
-    sigmoid: bool,
-    columns: bool,
-    label_offset: int,
-    tile: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Body of :func:`_tiled_forward` (the tile loop)."""
+def _forward_tiles(x, y, scale, bias, label_smoothing, sigmoid, columns, label_offset, tile):
     n, m = x.shape[0], y.shape[0]
     acc = _accumulation_dtype(x.dtype)
-    xc, yc, tile_scale = _prepare_operands(x, y, scale)
-    b = bias.to(acc) if bias is not None else None
+    xc, yc = _operand(x), _operand(y)
+    s = scale.to(acc)
     opts = dict(dtype=acc, device=x.device)
-    row_stat = torch.zeros(n, **opts)
+    row_stat = torch.zeros(n, **opts)  # softmax: log-sum-exp; sigmoid: sum of softplus
     row_max = torch.full((n,), -math.inf, **opts)
     label_logits = torch.zeros(n, **opts)
-    col_count = m if columns else 0
-    col_max = torch.full((col_count,), -math.inf, **opts)
-    col_stat = torch.zeros(0 if sigmoid else col_count, **opts)
-    col_sum = torch.zeros(col_count, **opts)
+    n_cols = m if columns else 0
+    col_max = torch.full((n_cols,), -math.inf, **opts)
+    col_sum = torch.zeros(0 if sigmoid else n_cols, **opts)
     for i0, i1 in _tile_ranges(n, tile):
-        xi = xc[i0:i1]
         r_max = torch.full((i1 - i0,), -math.inf, **opts)
         r_sum = torch.zeros(i1 - i0, **opts)
         for j0, j1 in _tile_ranges(m, tile):
-            scores = _scores(xi, yc[j0:j1], tile_scale, acc)
+            scores = _mm(xc[i0:i1], yc[j0:j1].T, acc).mul_(s)
             _copy_label_logits(scores, label_logits, i0, i1, j0, j1, label_offset)
-            tile_row_max = scores.amax(dim=1)
+            tile_max = scores.amax(dim=1)
             if columns:
                 old = col_max[j0:j1]
                 new = torch.maximum(old, scores.amax(dim=0))
                 if not sigmoid:
-                    # Rescale the running column sums to the new maximum, then add this tile.
+                    # Online log-sum-exp: rescale the running sums to the new max, add the tile.
                     col_sum[j0:j1] = col_sum[j0:j1] * torch.exp(old - new) + torch.exp(
                         scores - new
                     ).sum(dim=0)
                 col_max[j0:j1] = new
             if sigmoid:
                 # softplus(u) = -logsigmoid(-u): stable for any |u|, unlike log1p(exp(u)).
-                r_sum += torch.nn.functional.logsigmoid(scores.add_(b).neg_()).sum(dim=1).neg_()
-                r_max = torch.maximum(r_max, tile_row_max)
+                u = scores.add_(bias.to(acc)).neg_()
+                r_sum -= torch.nn.functional.logsigmoid(u).sum(dim=1)
+                r_max = torch.maximum(r_max, tile_max)
             else:
-                new = torch.maximum(r_max, tile_row_max)
-                r_sum = r_sum * torch.exp(r_max - new) + scores.sub_(new[:, None]).exp_().sum(dim=1)
+                new = torch.maximum(r_max, tile_max)
+                r_sum = r_sum * torch.exp(r_max - new) + scores.sub_(new[:, None]).exp_().sum(1)
                 r_max = new
         row_max[i0:i1] = r_max
         row_stat[i0:i1] = r_sum if sigmoid else r_max + r_sum.log()
-    if columns and not sigmoid:
-        col_stat = col_max + col_sum.log()
-    return row_stat, col_stat, row_max, col_max, label_logits
+    empty = lambda: torch.zeros(0, **opts)  # noqa: E731  (outputs must not alias each other)
+    if sigmoid:
+        # The positive pair's term is softplus(-u) = softplus(u) - u.
+        row_loss = row_stat - (label_logits + bias.to(acc))
+        return row_loss, empty(), empty(), empty(), row_max, col_max, label_logits
+    eps = label_smoothing
+    # Label smoothing spreads eps over all m columns: sum_j S_ij = scale * x_i . sum_j y_j.
+    row_mean = (xc.to(acc) @ yc.to(acc).sum(0)).mul_(s / m)
+    row_loss = row_stat - (1 - eps) * label_logits - eps * row_mean
+    if not columns:
+        return row_loss, empty(), row_stat, empty(), row_max, col_max, label_logits
+    col_lse = col_max + col_sum.log()
+    col_mean = (yc.to(acc) @ xc.to(acc).sum(0)).mul_(s / n)
+    col_loss = col_lse - (1 - eps) * label_logits - eps * col_mean
+    return row_loss, col_loss, row_stat, col_lse, row_max, col_max, label_logits
 
 
 @_tiled_forward.register_fake
-def _(x, y, scale, bias, sigmoid, columns, label_offset, tile):
+def _(x, y, scale, bias, label_smoothing, sigmoid, columns, label_offset, tile):
     n, m = x.shape[0], y.shape[0]
-    acc = _accumulation_dtype(x.dtype)
-    col_count = m if columns else 0
-    new = lambda k: x.new_empty((k,), dtype=acc)  # noqa: E731
-    return new(n), new(0 if sigmoid else col_count), new(n), new(col_count), new(n)
+    new = lambda k: x.new_empty((k,), dtype=_accumulation_dtype(x.dtype))  # noqa: E731
+    n_cols = m if columns else 0
+    if sigmoid:
+        return new(n), new(0), new(0), new(0), new(n), new(n_cols), new(n)
+    return new(n), new(n_cols), new(n), new(n_cols), new(n), new(n_cols), new(n)
 
 
-@torch.library.custom_op("align_hf::tiled_scores_backward", mutates_args=())
+@torch.library.custom_op("align_hf::tiled_cross_entropy_backward", mutates_args=())
 def _tiled_backward(
     x: Tensor,
     y: Tensor,
     scale: Tensor,
     bias: Optional[Tensor],
-    row_stat: Tensor,
-    col_stat: Tensor,
+    row_lse: Tensor,
+    col_lse: Tensor,
     grad_row: Tensor,
     grad_col: Tensor,
+    label_smoothing: float,
     sigmoid: bool,
     columns: bool,
+    label_offset: int,
     tile: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of the forward's row/col statistics, recomputing S tile by tile.
+    """Gradients of the forward's row/column losses, recomputing S tile by tile.
 
-    With G = dLoss/dS (softmax: g_r * softmax_row + g_c * softmax_col; sigmoid: g_r * sigmoid),
-    dx = scale * G y, dy = scale * G^T x, dscale = sum(G * x y^T) = sum(x * (G y)) and
-    dbias = sum(G). Returns ``(dx, dy, dscale, dbias)`` with dx, dy, dbias in fp32 (fp64 for
-    fp64 inputs); dbias is 0 for softmax.
+    With G = dLoss/dS (softmax: g_r * (softmax_row - targets) + g_c * (softmax_col - targets);
+    sigmoid: g_r * (sigmoid(S + b) - 1[label])): dx = scale * G y, dy = scale * G^T x,
+    dscale = sum(G * x y^T) = sum(x * (G y)), dbias = sum(G). The soft targets are rank-one
+    plus a diagonal, so they are applied after the loop in O(N d).
+    Returns ``(dx, dy, dscale, dbias)``; dbias is 0 for softmax.
     """
     with torch.autocast(x.device.type, enabled=False):
         return _backward_tiles(
-            x, y, scale, bias, row_stat, col_stat, grad_row, grad_col, sigmoid, columns, tile
+            x, y, scale, bias, row_lse, col_lse, grad_row, grad_col,
+            label_smoothing, sigmoid, columns, label_offset, tile,
         )
 
 
 def _backward_tiles(
-    x: Tensor,
-    y: Tensor,
-    scale: Tensor,
-    bias: Optional[Tensor],
-    row_stat: Tensor,
-    col_stat: Tensor,
-    grad_row: Tensor,
-    grad_col: Tensor,
-    sigmoid: bool,
-    columns: bool,
-    tile: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Body of :func:`_tiled_backward` (the tile loop)."""
+    x, y, scale, bias, row_lse, col_lse, grad_row, grad_col,
+    label_smoothing, sigmoid, columns, label_offset, tile,
+):
     n, m = x.shape[0], y.shape[0]
     acc = _accumulation_dtype(x.dtype)
-    xc, yc, tile_scale = _prepare_operands(x, y, scale)
-    b = bias.to(acc) if bias is not None else None
+    xc, yc = _operand(x), _operand(y)
+    s = scale.to(acc)
     g_row = grad_row.to(acc)
     g_col = grad_col.to(acc)
-    # gx accumulates G @ y (scale applied at the end); gy accumulates G^T @ rows, and the rows
-    # already carry the scale unless tile_scale is set.
+    # gx = G @ y and gy = G^T @ x, both without the scale (applied once at the end).
     gx = torch.zeros(n, x.shape[1], dtype=acc, device=x.device)
     gy = torch.zeros(m, y.shape[1], dtype=acc, device=x.device)
     gbias = torch.zeros((), dtype=acc, device=x.device)
     for i0, i1 in _tile_ranges(n, tile):
         xi = xc[i0:i1]
-        gx_i = gx[i0:i1]
         for j0, j1 in _tile_ranges(m, tile):
             yj = yc[j0:j1]
-            scores = _scores(xi, yj, tile_scale, acc)
+            scores = _mm(xi, yj.T, acc).mul_(s)
             if sigmoid:
-                grad = scores.add_(b).sigmoid_().mul_(g_row[i0:i1, None])
-                gbias = gbias + grad.sum()
+                grad = scores.add_(bias.to(acc)).sigmoid_().mul_(g_row[i0:i1, None])
+                gbias += grad.sum()
             else:
-                grad = (scores - row_stat[i0:i1, None]).exp_().mul_(g_row[i0:i1, None])
+                grad = (scores - row_lse[i0:i1, None]).exp_().mul_(g_row[i0:i1, None])
                 if columns:
-                    grad += scores.sub_(col_stat[None, j0:j1]).exp_().mul_(g_col[None, j0:j1])
+                    grad += scores.sub_(col_lse[None, j0:j1]).exp_().mul_(g_col[None, j0:j1])
             # Low-precision operands: the gradient tile joins them in that dtype (fp32 sums).
             grad = grad.to(xi.dtype)
-            _addmm_(gx_i, grad, yj)
+            _addmm_(gx[i0:i1], grad, yj)
             _addmm_(gy[j0:j1], grad.T, xi)
-    s = scale.to(acc)
-    # dscale = sum(G * x y^T) = sum(x * (G y)); x is the unscaled input.
-    gscale = (gx * x.to(acc)).sum()
+    xa, ya = xc.to(acc), yc.to(acc)
+    labelled = slice(label_offset, label_offset + n)  # the columns that are row labels
+    hit = 1.0 if sigmoid else 1.0 - label_smoothing
+    gx.addcmul_(ya[labelled], g_row[:, None], value=-hit)
+    gy[labelled].addcmul_(xa, g_row[:, None], value=-hit)
+    if sigmoid:
+        gbias -= g_row.sum()
+    elif label_smoothing:
+        spread = label_smoothing / m
+        gx.addr_(g_row, ya.sum(0), alpha=-spread)
+        gy.sub_((g_row @ xa).mul_(spread))
+    if columns and not sigmoid:
+        # Column losses of a square S with labels on the diagonal.
+        gy.addcmul_(xa, g_col[:, None], value=-hit)
+        gx.addcmul_(ya, g_col[:, None], value=-hit)
+        if label_smoothing:
+            spread = label_smoothing / n
+            gy.addr_(g_col, xa.sum(0), alpha=-spread)
+            gx.sub_((g_col @ ya).mul_(spread))
+    gscale = (gx * xa).sum()
     gx.mul_(s)
-    if tile_scale is not None:
-        gy.mul_(s)
-    return gx, gy, gscale.to(scale.dtype), gbias
+    gy.mul_(s)
+    return gx.to(x.dtype), gy.to(y.dtype), gscale.to(scale.dtype), gbias
 
 
 @_tiled_backward.register_fake
-def _(x, y, scale, bias, row_stat, col_stat, grad_row, grad_col, sigmoid, columns, tile):
+def _(x, y, scale, bias, row_lse, col_lse, grad_row, grad_col, label_smoothing, sigmoid,
+      columns, label_offset, tile):
     acc = _accumulation_dtype(x.dtype)
-    return (
-        x.new_empty(x.shape, dtype=acc),
-        y.new_empty(y.shape, dtype=acc),
-        torch.empty_like(scale),
-        x.new_empty((), dtype=acc),
-    )
+    return torch.empty_like(x), torch.empty_like(y), torch.empty_like(scale), x.new_empty((), dtype=acc)
 
 
-class TiledScores(torch.autograd.Function):
-    """Row/column statistics of S = scale * x y^T (+ bias) without storing S.
+class TiledCrossEntropy(torch.autograd.Function):
+    """Per-row/column contrastive losses of S = scale * x y^T without storing S.
 
-    ``apply(x, y, x_op, y_op, scale, bias, sigmoid, columns, label_offset, tile)`` returns
-    ``(row_stat, col_stat, row_max, col_max, label_logits)`` (see ``_tiled_forward``); the first
-    two are differentiable w.r.t. x, y, scale and bias, the rest are not.
-
-    ``x``/``y`` are the differentiable fp32 (or fp64) embeddings and get fp32 gradients, so
-    that the caller sums every gradient term in fp32 and rounds to a low-precision input dtype
-    once. ``x_op``/``y_op`` hold the same values as the tiles' GEMM operands: the original
-    bf16/fp16 tensors on CUDA, ``x``/``y`` themselves elsewhere (see :func:`_operands`).
+    ``apply(x, y, scale, bias, label_smoothing, sigmoid, columns, label_offset, tile)`` returns
+    ``(row_loss, col_loss, row_max, col_max, label_logits)`` as described in
+    :func:`_tiled_forward`; the losses are differentiable w.r.t. x, y, scale and bias (sigmoid),
+    the rest are not. Gradients come back in the inputs' dtypes, summed in fp32 (fp64).
     """
 
     @staticmethod
-    def forward(ctx, x, y, x_op, y_op, scale, bias, sigmoid, columns, label_offset, tile):
-        outputs = torch.ops.align_hf.tiled_scores_forward(
-            x_op, y_op, scale, bias, sigmoid, columns, label_offset, tile
+    def forward(ctx, x, y, scale, bias, label_smoothing, sigmoid, columns, label_offset, tile):
+        row_loss, col_loss, row_lse, col_lse, row_max, col_max, labels = (
+            torch.ops.align_hf.tiled_cross_entropy_forward(
+                x, y, scale, bias, label_smoothing, sigmoid, columns, label_offset, tile
+            )
         )
-        row_stat, col_stat, row_max, col_max, label_logits = outputs
-        ctx.save_for_backward(x_op, y_op, scale, bias, row_stat, col_stat)
-        ctx.sigmoid, ctx.columns, ctx.tile = sigmoid, columns, tile
-        ctx.mark_non_differentiable(row_max, col_max, label_logits)
-        return outputs
+        ctx.save_for_backward(x, y, scale, bias, row_lse, col_lse)
+        ctx.config = (label_smoothing, sigmoid, columns, label_offset, tile)
+        ctx.mark_non_differentiable(row_max, col_max, labels)
+        return row_loss, col_loss, row_max, col_max, labels
 
     @staticmethod
     def backward(ctx, grad_row, grad_col, *_unused):
-        x_op, y_op, scale, bias, row_stat, col_stat = ctx.saved_tensors
-        gx, gy, gscale, gbias = torch.ops.align_hf.tiled_scores_backward(
-            x_op, y_op, scale, bias, row_stat, col_stat, grad_row, grad_col,
-            ctx.sigmoid, ctx.columns, ctx.tile,
+        x, y, scale, bias, row_lse, col_lse = ctx.saved_tensors
+        gx, gy, gscale, gbias = torch.ops.align_hf.tiled_cross_entropy_backward(
+            x, y, scale, bias, row_lse, col_lse, grad_row, grad_col, *ctx.config
         )
         gbias = gbias.to(bias.dtype) if bias is not None else None
-        return gx, gy, None, None, gscale, gbias, None, None, None, None
-
-
-def _operands(t: Tensor) -> tuple[Tensor, Tensor]:
-    """``(differentiable fp32/fp64 copy, detached GEMM operand)`` of an embedding matrix."""
-    upcast = t.to(_accumulation_dtype(t.dtype))
-    if t.dtype in _LOW_PRECISION and t.device.type == "cuda":
-        return upcast, t.detach()
-    return upcast, upcast.detach()
+        return gx, gy, gscale, gbias, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -421,7 +416,7 @@ def _prepare_inputs(x, y, temperature, bias, check_finite):
 class _Partial:
     """A rank's un-normalised loss sum and its accuracy hit counts."""
 
-    loss_sum: Tensor  # sum over this rank's rows of the per-row loss (both directions / 2)
+    loss_sum: Tensor  # sum over this rank's pairs of the per-pair loss
     i2t_hits: Tensor
     t2i_hits: Tensor
 
@@ -436,38 +431,26 @@ def _softmax_partial(
     label_offset: int,
     tile: int,
 ) -> _Partial:
-    """Sum over local rows of (CE_i2t + CE_t2i) / 2; ``x_all=None`` means single process."""
-    acc = _accumulation_dtype(x_loc.dtype)
-    xa, x_op = _operands(x_loc)
-    ya, y_op = _operands(y_loc)
+    """Sum over local pairs of (CE_i2t + CE_t2i) / 2; ``x_all=None`` means single process."""
+    eps = float(label_smoothing)
     if x_all is None:
-        lse_i2t, lse_t2i, max_i2t, max_t2i, label_i2t = TiledScores.apply(
-            xa, ya, x_op, y_op, scale, None, False, True, 0, tile
+        # One pass: rows give image->text, columns text->image.
+        ce_i2t, ce_t2i, max_i2t, max_t2i, label_i2t = TiledCrossEntropy.apply(
+            x_loc, y_loc, scale, None, eps, False, True, 0, tile
         )
         label_t2i = label_i2t
-        xa_all, ya_all = xa, ya
     else:
-        xa_all, x_op_all = _operands(x_all)
-        ya_all, y_op_all = _operands(y_all)
-        lse_i2t, _, max_i2t, _, label_i2t = TiledScores.apply(
-            xa, ya_all, x_op, y_op_all, scale, None, False, False, label_offset, tile
+        # Local rows against every rank's columns, once per direction.
+        ce_i2t, _, max_i2t, _, label_i2t = TiledCrossEntropy.apply(
+            x_loc, y_all, scale, None, eps, False, False, label_offset, tile
         )
-        lse_t2i, _, max_t2i, _, label_t2i = TiledScores.apply(
-            ya, xa_all, y_op, x_op_all, scale, None, False, False, label_offset, tile
+        ce_t2i, _, max_t2i, _, label_t2i = TiledCrossEntropy.apply(
+            y_loc, x_all, scale, None, eps, False, False, label_offset, tile
         )
-    total = xa_all.shape[0]
-    positives = (xa * ya).sum()
-    # sum_j S_ij over all columns, summed over local rows: x_loc . sum(Y_all) and vice versa.
-    i2t_all = (xa.sum(0) * ya_all.sum(0)).sum()
-    t2i_all = (ya.sum(0) * xa_all.sum(0)).sum()
-    s = scale.to(acc)
-    eps = float(label_smoothing)
-    linear = 2.0 * (1.0 - eps) * positives + (eps / total) * (i2t_all + t2i_all)
-    loss_sum = 0.5 * (lse_i2t.sum() + lse_t2i.sum() - s * linear)
     return _Partial(
-        loss_sum,
-        (label_i2t >= max_i2t).sum().to(acc),
-        (label_t2i >= max_t2i).sum().to(acc),
+        0.5 * (ce_i2t.sum() + ce_t2i.sum()),
+        (label_i2t >= max_i2t).sum().to(ce_i2t.dtype),
+        (label_t2i >= max_t2i).sum().to(ce_i2t.dtype),
     )
 
 
@@ -482,26 +465,19 @@ def _sigmoid_partial(
     group=None,
 ) -> _Partial:
     """Sum over local rows i of sum_j softplus(-z_ij u_ij); ``y_all=None`` means single process."""
-    acc = _accumulation_dtype(x_loc.dtype)
-    xa, x_op = _operands(x_loc)
-    ya, y_op = _operands(y_loc)
-    cols, cols_op = (ya, y_op) if y_all is None else _operands(y_all)
-    row_sp, _, row_max, col_max, labels = TiledScores.apply(
-        xa, cols, x_op, cols_op, scale, bias, True, True, label_offset, tile
+    cols = y_loc if y_all is None else y_all
+    row_loss, _, row_max, col_max, labels = TiledCrossEntropy.apply(
+        x_loc, cols, scale, bias, 0.0, True, True, label_offset, tile
     )
     if y_all is not None:
         # Text -> image accuracy needs each column's max over every rank's rows.
         col_max = col_max.clone()
         dist.all_reduce(col_max, op=dist.ReduceOp.MAX, group=group)
         col_max = col_max[label_offset : label_offset + x_loc.shape[0]]
-    s = scale.to(acc)
-    positives = (xa * ya).sum(-1)
-    # softplus(-u) = softplus(u) - u on the diagonal, so subtract the positives' logits.
-    loss_sum = row_sp.sum() - (s * positives + bias.to(acc)).sum()
     return _Partial(
-        loss_sum,
-        (labels >= row_max).sum().to(acc),
-        (labels >= col_max).sum().to(acc),
+        row_loss.sum(),
+        (labels >= row_max).sum().to(row_loss.dtype),
+        (labels >= col_max).sum().to(row_loss.dtype),
     )
 
 
