@@ -37,3 +37,15 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) outputs test-artifacts
+
+# TensorFlow fixtures of tests/test_conversion_*.py. TensorFlow is never needed by the package or
+# its tests; this side virtualenv (outside the repo) only regenerates tests/fixtures/tf.
+TF_VENV ?= ../tfenv
+TF_PYTHON ?= python3.11
+.PHONY: tf-fixtures
+$(TF_VENV)/bin/python:
+	$(TF_PYTHON) -m venv $(TF_VENV)
+	$(TF_VENV)/bin/pip install --quiet tensorflow-cpu==2.15.1 tf-keras==2.15.1 transformers==4.41.2 "numpy<2"
+
+tf-fixtures: $(TF_VENV)/bin/python
+	$(TF_VENV)/bin/python conversion/make_tf_fixtures.py --out tests/fixtures/tf

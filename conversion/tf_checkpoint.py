@@ -34,7 +34,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `conversion` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conversion import crc32c
+from conversion import checksum as crc32c
 from conversion.protowire import ProtoError, first, parse, read_varint, repeated_varints, text, to_int64
 
 __all__ = ["CheckpointError", "TFCheckpoint", "TensorEntry", "ObjectGraph", "resolve_prefix", "main"]
