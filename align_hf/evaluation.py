@@ -365,8 +365,8 @@ def evaluate_zero_shot(
     Args:
         dataset: rows (a ``datasets`` dataset, a list of dicts...) with an image (PIL / path /
             bytes / ``{"bytes", "path"}``) in ``image_column`` and a label in ``label_column``:
-            an index into ``class_names`` or a class name. Columns may be dotted paths
-            (``"json.label_index"``).
+            an index into ``class_names`` (int, or digits as text/bytes such as a webdataset
+            ``.cls``) or a class name. Columns may be dotted paths (``"json.label_index"``).
         class_names: one name per class, in label order.
         templates: prompt templates (``"imagenet"``, ``"short"``, a file path or a list).
         limit: evaluate at most this many rows.
@@ -390,8 +390,11 @@ def evaluate_zero_shot(
         nonlocal bad_labels
         for row in _limited(dataset, limit):
             label = get_field(row, label_column, None)
+            if isinstance(label, (bytes, bytearray)):  # e.g. a webdataset .cls field
+                label = label.decode("utf-8", "replace")
             if isinstance(label, str):
-                label = index_of.get(label)
+                text = label.strip()
+                label = index_of.get(text, int(text) if text.isdigit() else None)
             if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 <= label < num_classes:
                 bad_labels += 1
                 continue

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .evaluation import ImageLike, encode_images, encode_pil_images, encode_texts, load_image
+from .evaluation import ImageLike, encode_images, encode_pil_images, encode_texts, get_field, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -323,8 +323,8 @@ def check_model(index_signature: dict[str, Any], signature: dict[str, Any]) -> N
 
 
 def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[str]:
-    """Image files under ``folder`` (by extension), sorted so that builds are reproducible."""
-    folder = Path(folder)
+    """Absolute paths of the image files under ``folder`` (by extension), sorted for reproducible builds."""
+    folder = Path(folder).resolve()
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
     pattern = "**/*" if recursive else "*"
@@ -528,6 +528,7 @@ class CrossModalIndex:
             if count == 0:
                 raise ValueError("nothing to index: no images found")
             is_table = not isinstance(images, (list, tuple))  # a dataset: rows hold the image
+            images = _undecoded(images, image_column) if is_table else images
 
             def fetch(i: int) -> Any:
                 return load_image(images[i][image_column] if is_table else images[i])
@@ -579,10 +580,28 @@ def _image_metadata(images: Any, i: int, is_table: bool, image_column: str, capt
         item = images[i]
         return {"path": str(item)} if isinstance(item, (str, os.PathLike)) else {"row": i}
     record: dict[str, Any] = {"row": i}
-    row = images[i] if caption_column else None
-    if row is not None:
-        record["caption"] = row[caption_column]
+    row = images[i]
+    image = row.get(image_column)
+    path = image.get("path") if isinstance(image, dict) else image if isinstance(image, str) else None
+    if path:
+        record["path"] = path
+    if row.get("key") is not None:
+        record["key"] = row["key"]
+    if caption_column:
+        caption = get_field(row, caption_column, None)
+        record["caption"] = caption.decode("utf-8", "replace") if isinstance(caption, bytes) else caption
     return record
+
+
+def _undecoded(dataset: Any, image_column: str) -> Any:
+    """Let us decode a ``datasets`` Image column ourselves, so a corrupt file is skipped, not fatal."""
+    features = getattr(dataset, "features", None)
+    feature = features.get(image_column) if features is not None else None
+    if feature is not None and type(feature).__name__ == "Image" and getattr(feature, "decode", False):
+        import datasets
+
+        return dataset.cast_column(image_column, datasets.Image(decode=False))
+    return dataset
 
 
 def _make_collection(

@@ -321,3 +321,72 @@ def test_resume_discards_chunks_of_another_job(tiny, image_folder, tmp_path, mon
         progress=False,
     )
     assert not emb.any()  # nothing reused from the job with other items
+
+
+# ------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_model(tiny, tmp_path_factory):
+    model, processor = tiny
+    path = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def test_cli_index_build_and_search_round_trip(saved_model, tiny, image_folder, tmp_path, capsys):
+    from align_hf.cli import main
+
+    model, processor = tiny
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS))
+    out = tmp_path / "idx"
+    rc = main(["index", "build", "--model", str(saved_model), "--images", str(image_folder), "--texts", str(texts),
+               "--output", str(out), "--no-progress", "--batch-size", "4"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "image: 14 indexed (flat), 1 skipped" in printed and "broken.jpg" in printed
+    assert json.loads((out / "manifest.json").read_text())["model_id"] == str(saved_model)
+
+    # the CLI finds the model through the manifest and answers like the library does
+    searcher = Searcher(out, model, processor)
+    query_image = str(image_folder / "img04.png")
+    cases = [
+        (["--text", "a blue star"], dict(text=["a blue star"])),
+        (["--image", query_image, "--text", "snow", "--minus", "a red circle"],
+         dict(image=query_image, text=["snow"], minus=["a red circle"])),
+        (["--image", query_image, "--target", "text", "--k", "3"], dict(image=query_image, target="text", k=3)),
+    ]
+    for argv, kwargs in cases:
+        assert main(["search", "--index", str(out), "--json", *argv]) == 0
+        got = json.loads(capsys.readouterr().out)
+        want = searcher.search(**{"k": 10, **kwargs})
+        assert [h["id"] for h in got] == [h.id for h in want]
+        assert [h["metadata"] for h in got] == [h.metadata for h in want]
+        assert [h["score"] for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
+
+    assert main(["search", "--index", str(out), "--text", "a blue star", "--k", "2"]) == 0
+    lines = capsys.readouterr().out.rstrip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("  1  +") and lines[0].endswith(".png")
+
+
+def test_cli_search_refuses_another_model_and_empty_queries(saved_model, tiny, image_folder, tmp_path, capsys):
+    from align_hf.cli import main
+    from align_hf.testing import tiny_model
+
+    _, processor = tiny
+    out = tmp_path / "idx"
+    CrossModalIndex.build(*tiny, out, texts=["a red circle", "a blue star"], progress=False)
+    other = tmp_path / "other-model"
+    tiny_model(seed=5).save_pretrained(other)
+    processor.save_pretrained(other)
+    assert main(["search", "--index", str(out), "--model", str(other), "--text", "a red circle"]) == 1
+    assert "embeds differently" in capsys.readouterr().err
+    assert main(["search", "--index", str(out), "--model", str(saved_model)]) == 2
+    assert "give --text" in capsys.readouterr().err
+    # an index whose model was built in memory names no loadable model
+    assert main(["search", "--index", str(out), "--text", "a red circle"]) == 2
+    assert "pass --model" in capsys.readouterr().err
