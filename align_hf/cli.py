@@ -14,6 +14,8 @@ from typing import Sequence
 # Modules that each define `register(subparsers)` for one command group.
 COMMAND_MODULES: list[str] = [
     "align_hf.data.cli",
+    "align_hf.eval_cli",
+    "align_hf.search_cli",
 ]
 
 
