@@ -164,8 +164,7 @@ def convert_coyo_align(checkpoint: str | Path, num_attention_heads: int | None =
     layout = CheckpointLayout.of(ckpt)
     mapping, config, report = build_mapping(layout, num_attention_heads)
     model = AlignModel(config)
-    state = mapping.build_state_dict(ckpt.get_tensor, layout.shapes, model.state_dict(), progress=progress)
-    model.load_state_dict(state, strict=False)  # strictness was checked above (counters excepted)
+    mapping.load_into(ckpt.get_tensor, layout.shapes, model, progress=progress)
     report.temperature = float(model.contrastive_head.temperature.detach())
     ckpt.close()
     return model.eval(), report

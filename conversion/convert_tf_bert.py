@@ -66,8 +66,7 @@ def convert_tf_bert(checkpoint, bert_config=None, num_attention_heads: int | Non
     layout = CheckpointLayout.of(ckpt)
     mapping, fields = bert_mapping(layout, "transformer.", num_attention_heads, bert_config)
     model = AlignTextModel(AlignTextConfig(**fields))
-    state = mapping.build_state_dict(ckpt.get_tensor, layout.shapes, model.state_dict(), progress=progress)
-    model.load_state_dict(state, strict=True)
+    mapping.load_into(ckpt.get_tensor, layout.shapes, model, progress=progress)
     ckpt.close()
     ignored = ", ".join(f"{n} {rule}" for rule, n in sorted(mapping.ignored_summary().items())) or "none"
     notes = [

@@ -103,8 +103,7 @@ def convert_tf_efficientnet(checkpoint, padding: str | None = None, use_ema: boo
     config = AlignVisionConfig(model_name=conv.arch.timm_name, image_size=image_size, padding=conv.padding,
                                batch_norm_eps=1e-3, batch_norm_momentum=0.01, keep_head=keep_head)
     model = AlignVisionModel(config)
-    state = conv.mapping.build_state_dict(ckpt.get_tensor, layout.shapes, model.state_dict(), progress=progress)
-    model.load_state_dict(state, strict=False)  # checked above, num_batches_tracked counters excepted
+    conv.mapping.load_into(ckpt.get_tensor, layout.shapes, model, progress=progress)
     ckpt.close()
     ignored = ", ".join(f"{n} {rule}" for rule, n in sorted(conv.mapping.ignored_summary().items())) or "none"
     notes = [

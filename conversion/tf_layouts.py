@@ -123,20 +123,21 @@ class Mapping:
         if problems:
             raise ConversionError("; ".join(problems))
 
-    def build_state_dict(self, read: Callable[[str], np.ndarray], shapes: dict[str, tuple[int, ...]],
-                         expected: dict[str, torch.Tensor], progress: bool = False) -> dict[str, torch.Tensor]:
-        """Check the mapping (see :meth:`check`), then read and transform every mapped tensor into
-        the dtype of the model's ``expected`` state dict."""
-        self.check(shapes, {k: tuple(v.shape) for k, v in expected.items()})
+    def load_into(self, read: Callable[[str], np.ndarray], shapes: dict[str, tuple[int, ...]],
+                  model: torch.nn.Module, progress: bool = False) -> None:
+        """Check the mapping against ``model`` (see :meth:`check`), then copy every mapped tensor
+        into it, one at a time: peak memory is the model plus one tensor, whatever the checkpoint
+        holds besides (optimizer slots are never read)."""
+        targets = model.state_dict()
+        self.check(shapes, {k: tuple(v.shape) for k, v in targets.items()})
         items = list(self.mapped.items())
         if progress:
             from tqdm.auto import tqdm
 
             items = tqdm(items, desc="converting", unit="tensor")
-        state: dict[str, torch.Tensor] = {}
-        for key, (target, transform) in items:
-            state[target] = transform(read(key)).to(expected[target].dtype)
-        return state
+        with torch.no_grad():
+            for key, (target, transform) in items:
+                targets[target].copy_(transform(read(key)))
 
 
 @dataclass
