@@ -16,6 +16,7 @@ COMMAND_MODULES: list[str] = [
     "align_hf.data.cli",
     "align_hf.eval_cli",
     "align_hf.search_cli",
+    "align_hf.demo_cli",
 ]
 
 
