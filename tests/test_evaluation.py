@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -228,6 +230,15 @@ def test_get_field_reads_dotted_paths_into_json_sidecars():
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # OpenMP threads spin-wait: on a busy 2-core runner two of them run tiny models ~20x slower than one.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     from align_hf.testing import tiny_model, tiny_processor
@@ -372,3 +383,129 @@ def test_evaluate_metric_modules_match_library_functions():
         recall.compute(predictions=SCORES.tolist(), references=OWNER.tolist())
     with pytest.raises(ValueError, match="unknown metric"):
         metric_path("bleu")
+
+
+# ------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_model(tiny, tmp_path_factory):
+    model, processor = tiny
+    path = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    from align_hf.data.synthetic import SyntheticConfig, write_synthetic_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    config = SyntheticConfig(
+        colours=("red", "blue", "green"), shapes=("circle", "square"), zeroshot_per_class=2, num_retrieval=10,
+        shard_size=5,
+    )
+    write_synthetic_corpus(root, config, progress=False, splits=("zeroshot", "retrieval"))
+    return root
+
+
+def _shard_samples(folder):
+    """Reference reader: every sample of every shard, decoded with PIL directly."""
+    import io
+    import json
+    import tarfile
+
+    from PIL import Image
+
+    samples = []
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for name in sorted(n for n in members if n.endswith(".jpg")):
+            stem = name[: -len(".jpg")]
+            samples.append((Image.open(io.BytesIO(members[name])).convert("RGB"), json.loads(members[stem + ".json"])))
+    return samples
+
+
+def test_cli_zero_shot_on_synthetic_shards_matches_reference(saved_model, tiny, corpus_dir, tmp_path, capsys):
+    from align_hf.cli import main
+    from align_hf.zero_shot import build_class_embeddings
+
+    out = tmp_path / "zs.json"
+    rc = main(["eval", "zero-shot", "--model", str(saved_model), "--dataset", str(corpus_dir / "zeroshot"),
+               "--no-progress", "--batch-size", "5", "--output", str(out)])
+    assert rc == 0
+    got = json.loads(out.read_text())
+    assert "top1" in capsys.readouterr().out
+
+    # reference: class names and templates from the corpus manifest, labels from the JSON sidecars
+    model, processor = tiny
+    manifest = json.loads((corpus_dir / "manifest.json").read_text())
+    samples = _shard_samples(corpus_dir / "zeroshot")
+    text_fn = lambda prompts: _embed_one_by_one(model, processor, texts=prompts)[0]  # noqa: E731
+    weights = build_class_embeddings(text_fn, manifest["class_names"], manifest["zeroshot_templates"])
+    _, img = _embed_one_by_one(model, processor, images=[im for im, _ in samples])
+    expected = classification_metrics(img @ weights.T, torch.tensor([meta["label_index"] for _, meta in samples]))
+    assert got["classes"] == 6 and got["num_samples"] == 12 and got["skipped"] == 0
+    for key in ("top1", "top5", "mean_per_class_recall"):
+        assert got[key] == pytest.approx(expected[key])
+
+
+def test_cli_zero_shot_on_class_folders(saved_model, tiny, corpus_dir, tmp_path, capsys):
+    from align_hf.cli import main
+    from align_hf.zero_shot import build_class_embeddings
+
+    root = tmp_path / "classes"
+    samples = _shard_samples(corpus_dir / "zeroshot")
+    for i, (image, meta) in enumerate(samples):
+        folder = root / meta["label"].replace(" ", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{i}.png")
+    (root / "red_circle" / "corrupt.png").write_bytes(b"\x89PNG\r\n")
+    out = tmp_path / "m.json"
+    assert main(["eval", "zero-shot", "--model", str(saved_model), "--dataset", str(root), "--templates", "short",
+                 "--no-progress", "--output", str(out)]) == 0
+    got = json.loads(out.read_text())
+    names = sorted({meta["label"] for _, meta in samples})  # folder order = sorted names
+    model, processor = tiny
+    text_fn = lambda prompts: _embed_one_by_one(model, processor, texts=prompts)[0]  # noqa: E731
+    weights = build_class_embeddings(text_fn, names, load_templates("short"))
+    _, img = _embed_one_by_one(model, processor, images=[im for im, _ in samples])
+    expected = classification_metrics(img @ weights.T, torch.tensor([names.index(m["label"]) for _, m in samples]))
+    assert got["skipped"] == 1 and got["num_samples"] == len(samples)
+    assert got["top1"] == pytest.approx(expected["top1"])
+    assert got["mean_per_class_recall"] == pytest.approx(expected["mean_per_class_recall"])
+
+
+def test_cli_retrieval_with_several_captions_per_image(saved_model, tiny, corpus_dir, tmp_path, capsys):
+    from align_hf.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["eval", "retrieval", "--model", str(saved_model), "--dataset", str(corpus_dir / "retrieval"),
+                 "--caption-column", "meta.captions", "--ks", "1", "3", "--no-progress", "--output", str(out)]) == 0
+    got = json.loads(out.read_text())
+    model, processor = tiny
+    samples = _shard_samples(corpus_dir / "retrieval")
+    captions = [c for _, meta in samples for c in meta["captions"]]
+    txt, img = _embed_one_by_one(model, processor, texts=captions, images=[im for im, _ in samples])
+    owner = torch.arange(len(samples)).repeat_interleave(2)
+    expected = retrieval_metrics(img, txt, owner, ks=(1, 3))
+    assert got["num_texts"] == 2 * len(samples) == 20
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value), key
+
+
+def test_cli_zero_shot_needs_class_names(saved_model, tmp_path, capsys):
+    from align_hf.cli import main
+
+    folder = tmp_path / "captioned"
+    folder.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(folder / "a.png")
+    (folder / "a.txt").write_text("a caption")
+    assert main(["eval", "zero-shot", "--model", str(saved_model), "--dataset", str(folder), "--no-progress"]) == 2
+    assert "pass --classes" in capsys.readouterr().err

@@ -21,14 +21,16 @@ from align_hf.search import (
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    # OpenMP threads spin-wait; on a shared 2-core runner two of them are slower than one.
+def one_thread():
+    # OpenMP threads spin-wait: on a busy 2-core runner two of them run tiny models ~20x slower than one.
     import faiss
 
-    before = faiss.omp_get_max_threads()
+    before = faiss.omp_get_max_threads(), torch.get_num_threads()
     faiss.omp_set_num_threads(1)
+    torch.set_num_threads(1)
     yield
-    faiss.omp_set_num_threads(before)
+    faiss.omp_set_num_threads(before[0])
+    torch.set_num_threads(before[1])
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
