@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     if args.dtype == "auto":
         args.dtype = "bfloat16" if args.device == "cuda" else "float32"
     sizes = args.sizes or (CUDA_SIZES if args.device == "cuda" else CPU_SIZES)
-    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads or torch.get_num_threads()} threads"
     print(
         f"# {args.loss} loss, forward+backward, d={args.dim}, {args.dtype}, {where}, "
         f"torch {torch.__version__}, chunk_size={args.chunk_size or 'auto'}"

@@ -199,6 +199,14 @@ def test_head_matches_naive_and_brute_force_accuracy(loss_type):
     assert float(out.temperature) == pytest.approx(0.05)
 
 
+def test_float_temperature_and_bias_are_accepted():
+    x, y = make_pair(9, 4, seed=6, related=1.0)
+    t = torch.tensor(0.07, dtype=torch.float64)
+    b = torch.tensor(-2.0, dtype=torch.float64)
+    assert float(contrastive_loss(x, y, 0.07)) == pytest.approx(float(contrastive_loss(x, y, t)))
+    assert float(sigmoid_loss(x, y, 0.07, -2.0)) == pytest.approx(float(sigmoid_loss(x, y, t, b)))
+
+
 def test_logits_helpers_match_matmul():
     x, y = make_pair(6, 4, seed=2)
     t = torch.tensor(0.2, dtype=torch.float64)
@@ -278,8 +286,10 @@ def test_other_bad_arguments_raise():
     x, y = make_pair(5, 3, dtype=torch.float32)
     with pytest.raises(ValueError, match="must be > 0"):
         contrastive_loss(x, y, torch.tensor(0.0))
-    with pytest.raises(ValueError, match="scalar tensor"):
+    with pytest.raises(ValueError, match="one-element floating tensor"):
         contrastive_loss(x, y, torch.ones(2))
+    with pytest.raises(ValueError, match="one-element floating tensor"):
+        sigmoid_loss(x, y, 0.1, torch.tensor(-10))
     with pytest.raises(TypeError, match="floating point"):
         contrastive_loss(x.long(), y.long(), torch.tensor(1.0))
     with pytest.raises(ValueError, match="chunk_size"):
