@@ -1,33 +1,44 @@
 """CRC-32C (Castagnoli), the checksum TensorFlow and LevelDB store, without a C extension.
 
-A byte-at-a-time loop in Python would need minutes for a 2 GB checkpoint, so the data is cut into
-equal chunks whose CRCs numpy computes side by side (slicing-by-4 table lookups, one 4-byte column
-of all chunks per step); the chunk CRCs are then chained with the linear "append L zero bytes"
-operator. About 300 MB/s on one core.
-When the optional ``google-crc32c`` or ``crc32c`` packages are installed their C code is used
-instead; both give identical results.
+A byte-at-a-time loop in Python runs at a few MB/s, minutes for a 2 GB checkpoint. CRCs are linear
+over GF(2), so the data is cut into 64-byte chunks whose CRCs numpy computes side by side
+(slicing-by-4 table lookups, one 4-byte column of all chunks per step); neighbouring chunk CRCs are
+then merged pairwise, level by level, with the linear operator "append 2^k zero bytes" (also one
+vectorised table lookup). Several hundred MB/s on one core, and no Python loop over the data.
+
+When the optional ``google-crc32c`` package (C, SSE4.2) is installed it is used instead; both give
+identical results (tests compare each with the bit-by-bit definition).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
 _POLY = 0x82F63B78  # reflected Castagnoli polynomial
 _MASK_DELTA = 0xA282EAD8
+_CHUNK = 64  # bytes per chunk of the vectorised pass
+_BLOCK = 1 << 23  # bytes per vectorised pass; bounds the temporary copy
+_SMALL = 2048  # below this many bytes the plain loop beats numpy's per-call overhead
 
 
-def _make_table() -> np.ndarray:
-    table = np.zeros(256, dtype=np.uint32)
+def _make_table() -> list[int]:
+    table = []
     for i in range(256):
         c = i
         for _ in range(8):
             c = (c >> 1) ^ _POLY if c & 1 else c >> 1
-        table[i] = c
+        table.append(c)
     return table
 
 
-_TABLE = _make_table()
-_TABLE_LIST = [int(v) for v in _TABLE]
+_TABLE_LIST = _make_table()
+_T0 = np.array(_TABLE_LIST, dtype=np.uint32)
+# slicing-by-4: effect on the register of a byte followed by 1, 2, 3 zero bytes
+_T1 = (_T0 >> 8) ^ _T0[_T0 & 0xFF]
+_T2 = (_T1 >> 8) ^ _T0[_T1 & 0xFF]
+_T3 = (_T2 >> 8) ^ _T0[_T2 & 0xFF]
 
 
 def _python_update(crc: int, data: bytes) -> int:
@@ -38,9 +49,9 @@ def _python_update(crc: int, data: bytes) -> int:
     return crc
 
 
-def _gf2_apply(matrix: list[int], vec: int) -> int:
-    out = 0
-    i = 0
+# ------------------------------------------------------------------ "append zero bytes" operators
+def _gf2_apply(matrix: tuple[int, ...], vec: int) -> int:
+    out, i = 0, 0
     while vec:
         if vec & 1:
             out ^= matrix[i]
@@ -49,107 +60,88 @@ def _gf2_apply(matrix: list[int], vec: int) -> int:
     return out
 
 
-def _gf2_square(matrix: list[int]) -> list[int]:
-    return [_gf2_apply(matrix, matrix[i]) for i in range(32)]
+@functools.lru_cache(maxsize=None)
+def _zeros_matrix(log2_bytes: int) -> tuple[int, ...]:
+    """Columns of the 32x32 GF(2) matrix mapping a register through 2**log2_bytes zero bytes."""
+    if log2_bytes == 0:
+        one_bit = [_POLY] + [1 << (i - 1) for i in range(1, 32)]  # shift right, xor poly on carry
+        m = tuple(1 << i for i in range(32))
+        for _ in range(8):
+            m = tuple(_gf2_apply(one_bit, c) for c in m)
+        return m
+    half = _zeros_matrix(log2_bytes - 1)
+    return tuple(_gf2_apply(half, c) for c in half)
 
 
-def _zeros_operator(nbytes: int) -> list[int]:
-    """Columns of the 32x32 GF(2) matrix that maps a register through ``nbytes`` zero bytes."""
-    # One zero bit: shift right, xor the polynomial when the low bit falls out.
-    one_bit = [_POLY] + [1 << (i - 1) for i in range(1, 32)]
-    result = [1 << i for i in range(32)]  # identity
-    power = one_bit
-    nbits = nbytes * 8
-    while nbits:
-        if nbits & 1:
-            result = [_gf2_apply(power, result[i]) for i in range(32)]
-        nbits >>= 1
-        if nbits:
-            power = _gf2_square(power)
-    return result
+@functools.lru_cache(maxsize=None)
+def _zeros_tables(log2_bytes: int) -> np.ndarray:
+    """(4, 256) lookup tables applying ``_zeros_matrix(log2_bytes)`` a byte of the register at a time."""
+    m = _zeros_matrix(log2_bytes)
+    return np.array([[_gf2_apply(m, v << s) for v in range(256)] for s in (0, 8, 16, 24)], dtype=np.uint32)
 
 
-def _operator_tables(matrix: list[int]) -> list[list[int]]:
-    """Four 256-entry tables so that applying ``matrix`` costs four lookups."""
-    tables = []
-    for shift in (0, 8, 16, 24):
-        tables.append([_gf2_apply(matrix, v << shift) for v in range(256)])
-    return tables
+def _apply(tables: np.ndarray, regs):
+    return tables[0][regs & 0xFF] ^ tables[1][(regs >> 8) & 0xFF] ^ tables[2][(regs >> 16) & 0xFF] ^ tables[3][regs >> 24]
 
 
-def _slice_tables() -> tuple[np.ndarray, ...]:
-    """Tables for slicing-by-4: the register effect of a byte followed by 0..3 zero bytes."""
-    tables = [_TABLE]
-    for _ in range(3):
-        prev = tables[-1]
-        tables.append((prev >> 8) ^ _TABLE[prev & 0xFF])
-    return tuple(tables)
+@functools.lru_cache(maxsize=None)
+def _zeros_lists(log2_bytes: int) -> list[list[int]]:
+    return _zeros_tables(log2_bytes).tolist()  # plain ints: faster than numpy for one register
 
 
-_T0, _T1, _T2, _T3 = _slice_tables()
-_CHUNK = 512  # bytes per chunk; measured fastest with numpy on a 2-core machine
-_ZEROS_CHUNK = _operator_tables(_zeros_operator(_CHUNK))
-_BLOCK = 1 << 23  # bytes handled per numpy pass; bounds the temporary copy
-
-
-def _numpy_update(crc: int, data: np.ndarray) -> int:
-    """Raw register update over a uint8 array whose length is a multiple of ``_CHUNK``."""
-    z0, z1, z2, z3 = _ZEROS_CHUNK
-    t0, t1, t2, t3 = _T0, _T1, _T2, _T3
-    for start in range(0, data.size, _BLOCK):
-        block = data[start : start + _BLOCK]
-        n = block.size // _CHUNK
-        # Row j of `words` holds 4-byte word j of every chunk, contiguous for fast vector ops.
-        words = np.ascontiguousarray(block.view("<u4").reshape(n, _CHUNK // 4).T)
-        regs = np.zeros(n, dtype=np.uint32)
-        idx = np.empty(n, dtype=np.uint32)
-        tmp = np.empty(n, dtype=np.uint32)
-        for row in words:
-            np.bitwise_xor(regs, row, out=regs)
-            np.bitwise_and(regs, 0xFF, out=idx)
-            new = t3[idx]
-            np.right_shift(regs, 8, out=tmp)
-            np.bitwise_and(tmp, 0xFF, out=idx)
-            new ^= t2[idx]
-            np.right_shift(regs, 16, out=tmp)
-            np.bitwise_and(tmp, 0xFF, out=idx)
-            new ^= t1[idx]
-            np.right_shift(regs, 24, out=idx)
-            new ^= t0[idx]
-            regs = new
-        for r in regs.tolist():
-            crc = z0[crc & 0xFF] ^ z1[(crc >> 8) & 0xFF] ^ z2[(crc >> 16) & 0xFF] ^ z3[crc >> 24] ^ r
+def _append_zeros(crc: int, nbytes: int) -> int:
+    """The raw register after ``nbytes`` zero bytes, by the binary decomposition of ``nbytes``."""
+    k = 0
+    while nbytes:
+        if nbytes & 1:
+            t0, t1, t2, t3 = _zeros_lists(k)
+            crc = t0[crc & 0xFF] ^ t1[(crc >> 8) & 0xFF] ^ t2[(crc >> 16) & 0xFF] ^ t3[crc >> 24]
+        nbytes >>= 1
+        k += 1
     return crc
 
 
+# ------------------------------------------------------------------ vectorised pass
+def _block_raw_crc(block: np.ndarray) -> int:
+    """Raw CRC (register starting at 0) of a uint8 block whose length is a multiple of _CHUNK."""
+    n = block.size // _CHUNK
+    words = np.ascontiguousarray(block.view("<u4").reshape(n, _CHUNK // 4).T)  # row j: word j of every chunk
+    regs = np.zeros(n, dtype=np.uint32)
+    for row in words:
+        regs ^= row
+        regs = _T3[regs & 0xFF] ^ _T2[(regs >> 8) & 0xFF] ^ _T1[(regs >> 16) & 0xFF] ^ _T0[regs >> 24]
+    # Merge neighbours: crc(A || B) = zeros_|B|(crc(A)) ^ crc(B). A zero CRC put in front stands
+    # for leading zero bytes, which leave a register starting at 0 unchanged, so odd counts are fine.
+    level = (_CHUNK).bit_length() - 1
+    while regs.size > 1:
+        if regs.size % 2:
+            regs = np.concatenate([np.zeros(1, np.uint32), regs])
+        regs = _apply(_zeros_tables(level), regs[0::2]) ^ regs[1::2]
+        level += 1
+    return int(regs[0]) if regs.size else 0
+
+
 def _fallback_extend(crc: int, data) -> int:
-    view = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
+    """CRC-32C continuing from ``crc`` over ``data`` with numpy only."""
+    view = data.reshape(-1).view(np.uint8) if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
     reg = crc ^ 0xFFFFFFFF
+    if view.size < _SMALL:
+        return _python_update(reg, view.tobytes()) ^ 0xFFFFFFFF
     head = view.size - view.size % _CHUNK
-    if head >= 4 * _CHUNK:
-        reg = _numpy_update(reg, view[:head])
-        tail = view[head:]
-    else:
-        tail = view
-    reg = _python_update(reg, tail.tobytes())
-    return reg ^ 0xFFFFFFFF
+    for start in range(0, head, _BLOCK):
+        block = view[start : min(start + _BLOCK, head)]
+        reg = _append_zeros(reg, block.size) ^ _block_raw_crc(block)
+    return _python_update(reg, view[head:].tobytes()) ^ 0xFFFFFFFF
 
 
 def _load_native():
     try:
         import google_crc32c
-
-        if getattr(google_crc32c, "implementation", "") == "c":
-            return lambda crc, data: google_crc32c.extend(crc, bytes(memoryview(data)) if not isinstance(data, bytes) else data), "google-crc32c"
     except ImportError:
-        pass
-    try:
-        import crc32c as crc32c_pkg
-
-        return lambda crc, data: crc32c_pkg.crc32c(memoryview(data), crc), "crc32c"
-    except ImportError:
-        pass
-    return None, "numpy"
+        return None, "numpy"
+    if getattr(google_crc32c, "implementation", "") != "c":
+        return None, "numpy"  # its pure-Python fallback is slower than ours
+    return google_crc32c.extend, "google-crc32c"
 
 
 _native, BACKEND = _load_native()
@@ -162,8 +154,8 @@ def extend(crc: int, data) -> int:
     """
     if _native is not None:
         if isinstance(data, np.ndarray):
-            data = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
-        return _native(crc, data)
+            data = np.ascontiguousarray(data).reshape(-1).view(np.uint8).data
+        return _native(crc, bytes(data) if not isinstance(data, bytes) else data)
     return _fallback_extend(crc, data)
 
 

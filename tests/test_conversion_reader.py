@@ -59,6 +59,13 @@ def test_crc32c_numpy_path_spans_several_blocks(monkeypatch):
     assert checksum._fallback_extend(0, data) == _crc_bitwise(data)
 
 
+def test_crc32c_active_backend_equals_bitwise_definition():
+    # google-crc32c when installed, the numpy code otherwise; the reader uses this entry point
+    data = np.random.default_rng(7).integers(0, 256, 10_000, dtype=np.uint8)
+    assert checksum.value(data) == checksum.value(data.tobytes()) == _crc_bitwise(data.tobytes())
+    assert checksum.extend(checksum.value(data[:123]), memoryview(data.tobytes()[123:])) == _crc_bitwise(data.tobytes())
+
+
 def test_crc32c_mask_roundtrip_and_differs():
     for crc in (0, 1, 0xE3069283, 0xFFFFFFFF):
         assert checksum.unmask(checksum.mask(crc)) == crc
