@@ -456,6 +456,8 @@ class AlignModel(AlignPreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """``PreTrainedModel.save_pretrained`` plus the remote-code entry for zero-shot pipelines."""
+        if getattr(self, "_inference_only", False):
+            raise RuntimeError("A for_inference() copy has BatchNorm folded away; save the original model instead")
         result = super().save_pretrained(save_directory, *args, **kwargs)
         import json
         import os
@@ -496,6 +498,25 @@ class AlignModel(AlignPreTrainedModel):
         if text:
             self.text_model.transformer.compile(**{"dynamic": True, **compile_kwargs})
         return self
+
+    def for_inference(self, channels_last: bool = True) -> "AlignModel":
+        """A copy for embedding and search: BatchNorm folded into the convolutions, eval mode,
+        channels-last image tower. Same outputs (to float rounding); it cannot be trained or saved."""
+        import copy
+
+        from .fusion import fold_batchnorm
+
+        model = copy.deepcopy(self).eval()
+        fold_batchnorm(model.vision_model.backbone)
+        if channels_last:
+            model.vision_model.to(memory_format=torch.channels_last)
+        model._inference_only = True
+        return model
+
+    def train(self, mode: bool = True):
+        if mode and getattr(self, "_inference_only", False):
+            raise RuntimeError("This model comes from for_inference() (BatchNorm folded); train the original model")
+        return super().train(mode)
 
     # transformers-compatible feature getters -------------------------------------------------
     def get_text_features(

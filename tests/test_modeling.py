@@ -206,3 +206,19 @@ def test_return_loss_needs_pairs():
         model(input_ids=torch.tensor([[2, 5, 3]]), pixel_values=torch.rand(2, 3, 64, 64), return_loss=True)
     with pytest.raises(ValueError, match="pixel_values must be"):
         model.encode_image(torch.rand(3, 64, 64))
+
+
+def test_for_inference_folds_batchnorm_without_changing_outputs():
+    model = tiny_model(seed=7)
+    model.train()
+    model.vision_model(torch.rand(8, 3, 64, 64))  # non-trivial running statistics
+    model.eval()
+    fast = model.for_inference()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.vision_model.modules())
+    pixels = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.encode_image(pixels), model.encode_image(pixels), atol=1e-5, rtol=1e-4)
+    with pytest.raises(RuntimeError, match="for_inference"):
+        fast.train()
+    # The original is untouched and still trainable.
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.vision_model.modules())

@@ -1,0 +1,49 @@
+"""Inference-time folding of BatchNorm into the preceding convolution.
+
+In eval mode a BatchNorm is a per-channel affine map, so it can be merged into the convolution
+before it: EfficientNet then runs one pass less over every feature map per conv.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _fold(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    conv.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    conv.bias = nn.Parameter(bias.to(conv.weight.dtype))
+
+
+def _activation_of(bn: nn.Module) -> nn.Module:
+    # timm's BatchNormAct2d carries its activation (and a dropout that is a no-op in eval).
+    return getattr(bn, "act", None) or nn.Identity()
+
+
+@torch.no_grad()
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold every ``Conv2d -> BatchNorm2d`` pair of sibling modules in place; returns how many.
+
+    A pair is a BatchNorm registered right after a convolution with as many channels, which is how
+    timm's EfficientNet blocks are laid out. Only valid for inference: the folded module must not
+    be trained or saved as a checkpoint of the original architecture.
+    """
+    folded = 0
+    for parent in module.modules():
+        children = list(parent.named_children())
+        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
+            if (
+                isinstance(conv, nn.Conv2d)
+                and isinstance(bn, nn.modules.batchnorm._BatchNorm)
+                and bn.track_running_stats
+                and bn.affine
+                and bn.num_features == conv.out_channels
+            ):
+                _fold(conv, bn)
+                setattr(parent, bn_name, _activation_of(bn))
+                folded += 1
+    return folded
