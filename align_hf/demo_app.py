@@ -564,18 +564,18 @@ def build_demo(backend: DemoBackend, title: str = "ALIGN: zero-shot classificati
             with gr.Tab("Zero-shot classification", id="zero-shot"):
                 with gr.Row():
                     with gr.Column():
-                        zs_image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"])
-                        zs_labels = gr.Textbox(label="Labels (comma-separated)", placeholder="cat, dog, car")
+                        zs_image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="zs-image")
+                        zs_labels = gr.Textbox(label="Labels (comma-separated)", placeholder="cat, dog, car", elem_id="zs-labels")
                         zs_preset = gr.Dropdown(
                             ["(type labels)", *backend.label_presets], value="(type labels)",
-                            label="…or a preset label set (used when no labels are typed)",
+                            label="…or a preset label set (used when no labels are typed)", elem_id="zs-preset",
                         )
                         zs_templates = gr.Dropdown(
                             list(backend.template_sets), value=list(backend.template_sets)[1] if len(backend.template_sets) > 1 else None,
-                            label="Prompt templates (several = ensembling)",
+                            label="Prompt templates (several = ensembling)", elem_id="zs-templates",
                         )
-                        zs_button = gr.Button("Classify", variant="primary")
-                    zs_output = gr.Label(label="Probabilities", num_top_classes=5)
+                        zs_button = gr.Button("Classify", variant="primary", elem_id="zs-button")
+                    zs_output = gr.Label(label="Probabilities", num_top_classes=5, elem_id="zs-output")
                 zs_button.click(
                     guarded(classify), [zs_image, zs_labels, zs_preset, zs_templates], zs_output, api_name="classify", **events
                 )
@@ -584,10 +584,12 @@ def build_demo(backend: DemoBackend, title: str = "ALIGN: zero-shot classificati
                 if not has_images:
                     gr.Markdown(no_index_note.format("images"))
                 with gr.Row():
-                    ti_query = gr.Textbox(label="Query", placeholder="a red circle on a white background", scale=4)
-                    ti_k = gr.Slider(1, MAX_RESULTS, value=8, step=1, label="Results", scale=1)
-                ti_button = gr.Button("Search", variant="primary", interactive=has_images)
-                ti_gallery = gr.Gallery(label="Results (score · image)", columns=4, height="auto", format="png", interactive=False)
+                    ti_query = gr.Textbox(label="Query", placeholder="a red circle on a white background", scale=4, elem_id="ti-query")
+                    ti_k = gr.Slider(1, MAX_RESULTS, value=8, step=1, label="Results", scale=1, elem_id="ti-k")
+                ti_button = gr.Button("Search", variant="primary", interactive=has_images, elem_id="ti-button")
+                ti_gallery = gr.Gallery(
+                    label="Results (score · image)", columns=4, height="auto", format="png", interactive=False, elem_id="ti-gallery"
+                )
                 ti_button.click(guarded(text_to_image), [ti_query, ti_k], ti_gallery, api_name="text_to_image", **events)
                 ti_query.submit(guarded(text_to_image), [ti_query, ti_k], ti_gallery, api_visibility="private", **events)
 
@@ -596,10 +598,12 @@ def build_demo(backend: DemoBackend, title: str = "ALIGN: zero-shot classificati
                     gr.Markdown(no_index_note.format("texts"))
                 with gr.Row():
                     with gr.Column():
-                        it_image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"])
-                        it_k = gr.Slider(1, MAX_RESULTS, value=8, step=1, label="Results")
-                        it_button = gr.Button("Search captions", variant="primary", interactive=has_texts)
-                    it_table = gr.Dataframe(headers=["rank", "score", "caption"], label="Captions", interactive=False, wrap=True)
+                        it_image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="it-image")
+                        it_k = gr.Slider(1, MAX_RESULTS, value=8, step=1, label="Results", elem_id="it-k")
+                        it_button = gr.Button("Search captions", variant="primary", interactive=has_texts, elem_id="it-button")
+                    it_table = gr.Dataframe(
+                        headers=["rank", "score", "caption"], label="Captions", interactive=False, wrap=True, elem_id="it-table"
+                    )
                 it_button.click(guarded(image_to_text), [it_image, it_k], it_table, api_name="image_to_text", **events)
 
             with gr.Tab("Image + text query", id="composed"):
@@ -611,19 +615,21 @@ def build_demo(backend: DemoBackend, title: str = "ALIGN: zero-shot classificati
                 )
                 with gr.Row():
                     with gr.Column():
-                        cq_image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"])
-                        cq_text = gr.Textbox(label="Add text", placeholder="blue")
-                        cq_minus = gr.Textbox(label="Minus text (optional)", placeholder="red")
-                        cq_weight = gr.Slider(0.0, 4.0, value=2.0, step=0.1, label="Text weight (image weight is 1)")
-                        cq_k = gr.Slider(1, MAX_RESULTS, value=8, step=1, label="Results")
-                        cq_button = gr.Button("Search", variant="primary", interactive=has_images)
-                    cq_gallery = gr.Gallery(label="Results (score · image)", columns=4, height="auto", format="png", interactive=False)
+                        cq_image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="cq-image")
+                        cq_text = gr.Textbox(label="Add text", placeholder="blue", elem_id="cq-text")
+                        cq_minus = gr.Textbox(label="Minus text (optional)", placeholder="red", elem_id="cq-minus")
+                        cq_weight = gr.Slider(0.0, 4.0, value=2.0, step=0.1, label="Text weight (image weight is 1)", elem_id="cq-weight")
+                        cq_k = gr.Slider(1, MAX_RESULTS, value=8, step=1, label="Results", elem_id="cq-k")
+                        cq_button = gr.Button("Search", variant="primary", interactive=has_images, elem_id="cq-button")
+                    cq_gallery = gr.Gallery(
+                        label="Results (score · image)", columns=4, height="auto", format="png", interactive=False, elem_id="cq-gallery"
+                    )
                 cq_button.click(
                     guarded(composed), [cq_image, cq_text, cq_minus, cq_weight, cq_k], cq_gallery, api_name="composed", **events
                 )
 
             with gr.Tab("About", id="about"):
-                about_md = gr.Markdown(backend.about_markdown())
+                about_md = gr.Markdown(backend.about_markdown(), elem_id="about")
                 about_button = gr.Button("Refresh", size="sm")
                 about_button.click(about, None, about_md, api_name="about")
     return demo
@@ -661,8 +667,10 @@ def launch_demo(
         show_error=False,  # gr.Error messages still reach users; other exceptions stay in the log
         ssr_mode=False,
         mcp_server=False,
+        run_history=False,  # record nothing about users' calls
         pwa=False,
-        theme=gr.themes.Soft(),
+        # System fonts: the default Google fonts would be fetched from the internet by every browser.
+        theme=gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]),
     )
 
 
