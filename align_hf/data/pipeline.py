@@ -25,7 +25,7 @@ from PIL import Image
 from .decoding import DecodeLimits, clean_caption, decode_image, image_bytes
 from .filtering import AlignFilter
 from .sources import iter_records
-from .transforms import STATS_KEY, ImageTextCollator, ImageTransform
+from .transforms import STATS_KEY, ImageTextCollator, ImageTransform, swap_words
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,9 @@ class ImageTextPairs(torch.utils.data.IterableDataset):
             ``torch.distributed`` when initialised).
         emit_stats: attach per-sample statistic deltas (and a final statistics-only record) so
             counts made in DataLoader workers reach the main process; used by ImageTextLoader.
+        flip_swap: words to swap in the caption when the transform flipped the image, e.g.
+            :data:`~align_hf.data.transforms.LEFT_RIGHT_SWAP` for captions that name sides (the
+            synthetic corpus). ``None`` flips images only, as the paper does.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class ImageTextPairs(torch.utils.data.IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         emit_stats: bool = False,
+        flip_swap: dict[str, str] | None = None,
     ):
         if rank is None or world_size is None:
             rank, world_size = _default_rank_world()
@@ -133,6 +137,7 @@ class ImageTextPairs(torch.utils.data.IterableDataset):
         self.seed = seed
         self.epoch = 0
         self.emit_stats = emit_stats
+        self.flip_swap = flip_swap
         self.stats = DataStats()
         if filter is not None and filter.counts is None and filter.config.needs_counts:
             logger.warning("filter has no FrequencyCounts: the frequency rules (shared texts, rare tokens) are off")
@@ -193,6 +198,8 @@ class ImageTextPairs(torch.utils.data.IterableDataset):
             sample: dict[str, Any] = {"text": text, "key": record.get("key")}
             if self.transform is not None:
                 sample["pixel_values"] = self.transform(decoded.image)
+                if self.flip_swap and getattr(self.transform, "last_flipped", False):
+                    sample["text"] = swap_words(text, self.flip_swap)
             else:
                 sample["image"] = decoded.image
             pending[KEPT] += 1
@@ -292,6 +299,7 @@ def build_loader(
     text_column: str | None = None,
     rank: int | None = None,
     world_size: int | None = None,
+    flip_swap: dict[str, str] | None = None,
 ) -> ImageTextLoader:
     """Source to batches in one call.
 
@@ -313,6 +321,6 @@ def build_loader(
     pairs = load_pairs(source, image_column, text_column)
     if shuffle_buffer is None:
         shuffle_buffer = 10_000 if train else 0
-    dataset = ImageTextPairs(pairs, transform, filter, limits, shuffle_buffer, seed, rank, world_size)
+    dataset = ImageTextPairs(pairs, transform, filter, limits, shuffle_buffer, seed, rank, world_size, flip_swap=flip_swap)
     collator = ImageTextCollator(tokenizer, max_length=max_length, padding=padding)
     return ImageTextLoader(dataset, collator, batch_size, num_workers=num_workers, drop_last=train if drop_last is None else drop_last)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -28,10 +29,16 @@ TONE_LEVELS: dict[str, tuple[int, int]] = {
 TEXTURES = ("plain", "striped", "dotted", "checkered", "grainy")
 
 
+@functools.lru_cache(maxsize=8)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    y, x = np.mgrid[0:size, 0:size]
+    return y, x
+
+
 def background(tone: str, texture: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """``(size, size, 3)`` uint8 background of a grey ``tone`` with a ``texture``."""
     base, pattern = TONE_LEVELS[tone]
-    y, x = np.mgrid[0:size, 0:size]
+    y, x = _grid(size)
     period = max(4, int(size * rng.uniform(0.08, 0.16)))
     if texture == "plain":
         mask = np.zeros((size, size), dtype=bool)
@@ -50,7 +57,7 @@ def background(tone: str, texture: str, size: int, rng: np.random.Generator) -> 
         raise ValueError(f"unknown texture {texture!r}; expected one of {TEXTURES}")
     grey = np.where(mask, pattern, base).astype(np.float32)
     noise = 22.0 if texture == "grainy" else 3.0
-    grey = grey + rng.normal(0.0, noise, size=grey.shape).astype(np.float32)
+    grey += rng.standard_normal(grey.shape, dtype=np.float32) * noise
     # A faint colour cast keeps backgrounds from being perfectly neutral, as photos never are.
     cast = rng.uniform(-6, 6, size=3).astype(np.float32)
     rgb = grey[..., None] + cast

@@ -32,6 +32,7 @@ import io
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Any, Iterable, Sequence
@@ -51,7 +52,10 @@ TONES = tuple(TONE_LEVELS)
 SIZES = ("small", "medium", "large")
 # Bounding-box diameter as a share of the image side.
 SIZE_FRACTION = {"small": 0.24, "medium": 0.36, "large": 0.5}
-SIZE_WORDS = {"small": ("small", "little"), "medium": ("medium", "medium-sized"), "large": ("large", "big")}
+SIZE_WORDS = {"small": ("small", "little"), "medium": ("medium",), "large": ("large", "big")}
+# ALIGN keeps alt-texts of at most 20 unigrams; clean captions are built to fit.
+MAX_CAPTION_WORDS = 20
+_WORD = re.compile(r"[^\W_]+")
 POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 POSITION_PHRASES = {
     "top left": ("in the top left corner", "at the top left"),
@@ -296,73 +300,86 @@ class SyntheticCorpus:
     # ------------------------------------------------------------------ captions
 
     @staticmethod
-    def _background_phrase(scene: dict[str, Any]) -> str:
+    def _background_phrase(scene: dict[str, Any], short: bool = False) -> str:
         texture = "" if scene["texture"] == "plain" else scene["texture"] + " "
-        return f"on a {texture}{scene['tone']} background"
+        return f"{texture}{scene['tone']} background" if short else f"on a {texture}{scene['tone']} background"
 
     @staticmethod
-    def _object_phrase(obj: dict[str, Any], rng: np.random.Generator | None, with_size: bool = True) -> str:
-        words = []
-        if with_size:
-            options = SIZE_WORDS[obj["size"]]
-            words.append(options[0] if rng is None else options[int(rng.integers(len(options)))])
-        words += [obj["colour"], obj["shape"]]
+    def _size_word(obj: dict[str, Any], rng: np.random.Generator | None) -> str:
+        options = SIZE_WORDS[obj["size"]]
+        return options[0] if rng is None else options[int(rng.integers(len(options)))]
+
+    def _object_phrase(self, obj: dict[str, Any], rng: np.random.Generator | None, with_size: bool = True) -> str:
+        words = ([self._size_word(obj, rng)] if with_size else []) + [obj["colour"], obj["shape"]]
         return f"{article(words[0])} {' '.join(words)}"
 
     @staticmethod
     def _position_phrase(obj: dict[str, Any], rng: np.random.Generator | None) -> str:
-        options = POSITION_PHRASES[obj["position"]]
-        return options[0] if rng is None else options[int(rng.integers(len(options)))]
+        """``at the top left`` (canonical) or one of the longer variants."""
+        if rng is None:
+            return f"at the {obj['position']}"
+        options = (f"at the {obj['position']}",) + POSITION_PHRASES[obj["position"]]
+        return options[int(rng.integers(len(options)))]
+
+    def _fit(self, *candidates: str) -> str:
+        """First candidate within ALIGN's 20-unigram limit (the last one is short by construction)."""
+        for text in candidates:
+            if len(_WORD.findall(text)) <= MAX_CAPTION_WORDS:
+                return text
+        return candidates[-1]
 
     def describe(self, scene: dict[str, Any], rng: np.random.Generator | None = None) -> str:
-        """Full description: every object's size, colour, shape, position, and the background.
+        """Full description: every object's size, colour, shape and position, and the background.
 
-        ``rng=None`` gives the canonical wording; with an RNG, synonyms are drawn.
+        ``rng=None`` gives the canonical wording (at most 20 unigrams); with an RNG, synonyms
+        and longer position phrases are drawn, falling back to shorter ones past 20 unigrams.
         """
         objects = scene["objects"]
-        background = self._background_phrase(scene)
         if scene["kind"] == "group":
             obj = objects[0]
-            size = SIZE_WORDS[obj["size"]][0 if rng is None else int(rng.integers(2))]
-            return f"{COUNT_WORDS[len(objects)]} {size} {obj['colour']} {PLURALS[obj['shape']]} {background}"
-        parts = [f"{self._object_phrase(o, rng)} {self._position_phrase(o, rng)}" for o in objects]
-        return f"{' and '.join(parts)} {background}"
+            return f"{COUNT_WORDS[len(objects)]} {self._size_word(obj, rng)} {obj['colour']} {PLURALS[obj['shape']]} {self._background_phrase(scene)}"
+        long = " and ".join(f"{self._object_phrase(o, rng)} {self._position_phrase(o, rng)}" for o in objects)
+        short = " and ".join(f"{self._object_phrase(o, rng)} {self._position_phrase(o, None)}" for o in objects)
+        if len(objects) == 1:
+            return self._fit(f"{long} {self._background_phrase(scene)}", f"{short} {self._background_phrase(scene)}")
+        return self._fit(f"{long}, {self._background_phrase(scene, short=True)}", f"{short}, {self._background_phrase(scene, short=True)}")
 
     def _clean_caption(self, scene: dict[str, Any], rng: np.random.Generator) -> str:
         """One of several alt-text styles describing the scene correctly (details may be omitted)."""
         objects = scene["objects"]
-        background = self._background_phrase(scene) if rng.random() < self.config.background_in_caption else ""
+        with_background = rng.random() < self.config.background_in_caption
+        background = f" {self._background_phrase(scene)}" if with_background else ""
         style = int(rng.integers(4))
         if scene["kind"] == "group":
             obj = objects[0]
             count = COUNT_WORDS[len(objects)]
             plural = PLURALS[obj["shape"]]
-            size = SIZE_WORDS["small"][int(rng.integers(2))]
+            size = self._size_word(obj, rng)
             text = (
                 f"{count} {size} {obj['colour']} {plural}",
                 f"a group of {count} {obj['colour']} {plural}",
                 f"{count} {obj['colour']} {plural}, clip art",
                 f"illustration of {count} {size} {obj['colour']} {plural}",
             )[style]
-        elif scene["kind"] == "pair":
-            first, second = (f"{self._object_phrase(o, rng)} {self._position_phrase(o, rng)}" for o in objects)
-            text = (
-                f"{first} and {second}",
-                f"{first}, {second}",
-                f"illustration of {first} and {second}",
-                f"two shapes: {self._object_phrase(objects[0], rng, False)} and {self._object_phrase(objects[1], rng, False)}",
-            )[style]
-        else:
-            obj = objects[0]
-            with_size = self._object_phrase(obj, rng)
-            position = self._position_phrase(obj, rng)
-            text = (
-                f"{with_size} {position}",
-                f"{SIZE_WORDS[obj['size']][0]} {obj['colour']} {obj['shape']}, {obj['position']}",
-                f"illustration of {with_size} {position}",
-                f"{obj['colour']} {obj['shape']} icon",
-            )[style]
-        return f"{text} {background}".strip()
+            return text + background
+        if scene["kind"] == "pair":
+            if style == 3:
+                a, b = (self._object_phrase(o, rng, with_size=False) for o in objects)
+                return f"two shapes: {a} and {b}{background}"
+            joiner = (" and ", ", ", " and ")[style]
+            prefix = "illustration of " if style == 2 else ""
+            long = joiner.join(f"{self._object_phrase(o, rng)} {self._position_phrase(o, rng)}" for o in objects)
+            short = joiner.join(f"{self._object_phrase(o, rng)} {o['position']}" for o in objects)
+            return self._fit(prefix + long + background, prefix + long, prefix + short)
+        obj = objects[0]
+        phrase = f"{self._object_phrase(obj, rng)} {self._position_phrase(obj, rng)}"
+        text = (
+            phrase,
+            f"{self._size_word(obj, rng)} {obj['colour']} {obj['shape']}, {obj['position']}",
+            f"illustration of {phrase}",
+            f"{obj['colour']} {obj['shape']} icon",
+        )[style]
+        return text + background
 
     def _noisy_caption(self, scene: dict[str, Any], rng: np.random.Generator, kind: str) -> str:
         cfg = self.config

@@ -3,27 +3,41 @@
 Sizes come from the processor (``processor.image_processor.size`` / ``crop_size``) so training
 sees exactly what inference sees: resize to ``size`` (both sides, as the paper's 346x346), then a
 random ``crop_size`` crop plus horizontal flip for training, or the centre crop for evaluation,
-then ``x * rescale_factor + offset`` (ALIGN: x / 127.5 - 1). Work is done on PIL images and one
-numpy conversion, which is cheaper per image than tensor-based transform chains.
+then ``x * rescale_factor + offset`` (ALIGN: x / 127.5 - 1). Resizing is done by PIL, or by
+torchvision when built from a torchvision-backed image processor so the pixels match it exactly.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 SizeLike = int | Sequence[int] | Mapping[str, int]
 
 # The statistics key a pipeline sample may carry (see pipeline.ImageTextPairs).
 STATS_KEY = "_stats"
+_PIL_TO_TORCHVISION = {Image.NEAREST: "nearest", Image.BILINEAR: "bilinear", Image.BICUBIC: "bicubic", Image.LANCZOS: "bicubic", Image.BOX: "bilinear"}
+# Word swaps that keep a caption true after a horizontal flip (captions that mention sides).
+LEFT_RIGHT_SWAP = {"left": "right", "right": "left"}
+
+
+def swap_words(text: str, swaps: Mapping[str, str]) -> str:
+    """Replace whole words of ``text`` by ``swaps`` simultaneously (case-insensitive)."""
+    if not swaps:
+        return text
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, swaps)) + r")\b", re.IGNORECASE)
+    lowered = {k.lower(): v for k, v in swaps.items()}
+    return pattern.sub(lambda m: lowered[m.group(0).lower()], text)
 
 
 def as_hw(size: SizeLike) -> tuple[int, int]:
-    """``289`` / ``(h, w)`` / ``{"height": h, "width": w}`` / ``{"shortest_edge": s}`` -> ``(h, w)``."""
+    """``289`` / ``(h, w)`` / ``{"height": h, "width": w}`` / ``{"shortest_edge": s}`` / ``SizeDict`` -> ``(h, w)``."""
     if isinstance(size, Mapping):
         if "height" in size and "width" in size:
             return int(size["height"]), int(size["width"])
@@ -32,6 +46,10 @@ def as_hw(size: SizeLike) -> tuple[int, int]:
         raise ValueError(f"size dict needs height/width or shortest_edge, got {dict(size)}")
     if isinstance(size, int):
         return size, size
+    if getattr(size, "height", None) is not None and getattr(size, "width", None) is not None:
+        return int(size.height), int(size.width)  # transformers' SizeDict
+    if getattr(size, "shortest_edge", None) is not None:
+        return int(size.shortest_edge), int(size.shortest_edge)
     height, width = size
     return int(height), int(width)
 
@@ -49,6 +67,10 @@ class ImageTransform:
         mean / std: optional per-channel normalisation applied after rescaling.
         hflip_prob: probability of the horizontal flip in training.
         seed: seeds the augmentation RNG (``None``: nondeterministic); workers offset it by their id.
+        backend: ``"pil"`` resizes with PIL (fast on large photos), ``"torchvision"`` with
+            ``torchvision``'s antialiased tensor resize, which is what transformers' default
+            (torchvision-backed) image processors do, so results match them exactly. The two
+            differ by rounding only (a level or two on a few pixels).
     """
 
     def __init__(
@@ -63,7 +85,11 @@ class ImageTransform:
         std: Sequence[float] | None = None,
         hflip_prob: float = 0.5,
         seed: int | None = None,
+        backend: str = "pil",
     ):
+        if backend not in ("pil", "torchvision"):
+            raise ValueError(f"backend must be 'pil' or 'torchvision', got {backend!r}")
+        self.backend = backend
         self.size = as_hw(size)
         self.crop_size = as_hw(crop_size) if crop_size is not None else None
         if self.crop_size is not None and (self.crop_size[0] > self.size[0] or self.crop_size[1] > self.size[1]):
@@ -77,6 +103,7 @@ class ImageTransform:
         self.hflip_prob = hflip_prob
         self.seed = seed
         self.rng = random.Random(seed)
+        self.last_flipped = False  # whether the latest call flipped (captions may need swapping)
 
     @classmethod
     def from_image_processor(cls, image_processor: Any, train: bool = False, **overrides: Any) -> "ImageTransform":
@@ -85,7 +112,8 @@ class ImageTransform:
         size = get("size")
         crop = get("crop_size") if get("do_center_crop", True) else None
         resample = get("resample", Image.BICUBIC)
-        kwargs: dict[str, Any] = dict(size=size, crop_size=crop, train=train, resample=int(resample))
+        backend = "torchvision" if any("Torchvision" in k.__name__ for k in type(image_processor).__mro__) else "pil"
+        kwargs: dict[str, Any] = dict(size=size, crop_size=crop, train=train, resample=int(resample), backend=backend)
         if get("do_rescale", True):
             factor = float(get("rescale_factor", 1 / 255))
             kwargs["rescale_factor"] = factor
@@ -105,24 +133,41 @@ class ImageTransform:
         """Give each dataloader worker its own augmentation stream (same seed would flip alike)."""
         self.rng = random.Random(None if self.seed is None else self.seed + offset)
 
+    def _crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        crop_h, crop_w = self.crop_size
+        if self.train:
+            top = self.rng.randint(0, height - crop_h)
+            left = self.rng.randint(0, width - crop_w)
+        else:
+            # Floor, as transformers' center_crop does.
+            top, left = (height - crop_h) // 2, (width - crop_w) // 2
+        return top, left, crop_h, crop_w
+
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        """``image`` (RGB PIL) -> ``(3, crop_h, crop_w)`` float32."""
+        if image.mode != "RGB":
+            image = image.convert("RGB")
         height, width = self.size
-        if image.size != (width, height):
-            image = image.resize((width, height), resample=self.resample)
-        if self.crop_size is not None and self.crop_size != self.size:
-            crop_h, crop_w = self.crop_size
-            if self.train:
-                top = self.rng.randint(0, height - crop_h)
-                left = self.rng.randint(0, width - crop_w)
-            else:
-                # Same rounding as transformers' center_crop.
-                top = int(round((height - crop_h) / 2.0))
-                left = int(round((width - crop_w) / 2.0))
-            image = image.crop((left, top, left + crop_w, top + crop_h))
-        if self.train and self.hflip_prob > 0 and self.rng.random() < self.hflip_prob:
-            image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        array = np.asarray(image.convert("RGB") if image.mode != "RGB" else image, dtype=np.uint8)
-        pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32)
+        crop = self.crop_size is not None and self.crop_size != self.size
+        if self.backend == "pil":
+            if image.size != (width, height):
+                image = image.resize((width, height), resample=self.resample)
+            if crop:
+                top, left, crop_h, crop_w = self._crop_box(height, width)
+                image = image.crop((left, top, left + crop_w, top + crop_h))
+            pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+        else:
+            pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+            if image.size != (width, height):
+                interpolation = TF.InterpolationMode(_PIL_TO_TORCHVISION.get(self.resample, "bicubic"))
+                pixels = TF.resize(pixels, [height, width], interpolation=interpolation, antialias=True)
+            if crop:
+                top, left, crop_h, crop_w = self._crop_box(height, width)
+                pixels = pixels[:, top : top + crop_h, left : left + crop_w]
+        self.last_flipped = self.train and self.hflip_prob > 0 and self.rng.random() < self.hflip_prob
+        if self.last_flipped:
+            pixels = pixels.flip(-1)
+        pixels = pixels.to(torch.float32)
         pixels.mul_(self.rescale_factor).add_(self.offset)
         if self.mean is not None:
             pixels.sub_(self.mean).div_(self.std)
