@@ -67,7 +67,7 @@ def variant_blocks(width: float, depth: float) -> list[tuple[int, int, int, int,
 
 # ---------------------------------------------------------------------------- parsing
 _KERAS = re.compile(
-    r"(?:^|/)(?:(?P<stem>stem_conv|stem_bn|top_conv|top_bn)|block(?P<stage>\d+)(?P<letter>[a-z])_"
+    r"(?:^|/)(?:(?P<stem>stem_conv|stem_bn|top_conv|top_bn|predictions)|block(?P<stage>\d+)(?P<letter>[a-z])_"
     r"(?P<layer>expand_conv|expand_bn|dwconv|bn|se_reduce|se_expand|project_conv|project_bn))"
     r"/(?P<leaf>kernel|depthwise_kernel|bias|gamma|beta|moving_mean|moving_variance)$"
 )
@@ -82,7 +82,8 @@ def parse_keras(names: dict[str, str]) -> tuple[list[EffVar], list[str]]:
             bad.append(key)
             continue
         if m["stem"]:
-            layer = {"stem_conv": "stem_conv", "stem_bn": "stem_bn", "top_conv": "head_conv", "top_bn": "head_bn"}[m["stem"]]
+            layer = {"stem_conv": "stem_conv", "stem_bn": "stem_bn", "top_conv": "head_conv", "top_bn": "head_bn",
+                     "predictions": "head_dense"}[m["stem"]]
             out.append(EffVar(key, layer, m["leaf"]))
         else:
             out.append(EffVar(key, m["layer"], m["leaf"], (int(m["stage"]) - 1, ord(m["letter"]) - 97)))

@@ -63,6 +63,7 @@ _DTYPES: dict[int, tuple[str, np.dtype | None]] = {
     22: ("uint32", np.dtype("<u4")),
     23: ("uint64", np.dtype("<u8")),
 }
+_NUMPY_DTYPES = {name: np_dtype for name, np_dtype in _DTYPES.values() if np_dtype is not None}
 _DTYPE_NAMES_BY_ENUM = {
     11: "qint8", 12: "quint8", 13: "qint32", 15: "qint16", 16: "quint16", 20: "resource", 21: "variant",
 }
@@ -566,10 +567,9 @@ class TFCheckpoint:
             self._check_crc(entry, raw)
         if entry.dtype == "string":
             return self._decode_strings(entry, raw)
-        spec = _DTYPES.get(next((k for k, v in _DTYPES.items() if v[0] == entry.dtype), -1))
-        if spec is None:
+        np_dtype = _NUMPY_DTYPES.get(entry.dtype)
+        if np_dtype is None:
             raise CheckpointError(f"{entry.key!r}: dtype {entry.dtype} cannot be read as an array")
-        np_dtype = spec[1]
         if self.big_endian:
             np_dtype = np_dtype.newbyteorder(">")
         if entry.size != entry.numel * np_dtype.itemsize:

@@ -283,3 +283,22 @@ def test_towers_cli_starts_an_align_model(tmp_path):
     np.testing.assert_allclose(cls, fx.expected()["bert_last_hidden_state"][:, 0], atol=TOL, rtol=0)
     assert embeds.shape == (1, 96) and torch.isfinite(embeds).all()
     assert AlignProcessor.from_pretrained(out).image_processor.crop_size["height"] == 289
+
+
+def test_efficientnet_structure_that_is_no_variant_is_refused():
+    with TFCheckpoint(fx.prefix("align_b0")) as ckpt:
+        base = CheckpointLayout.of(ckpt)
+    kept = {k: s for k, s in base.shapes.items() if not base.names[k].startswith("block6d_")}  # B0 minus a block
+    layout = CheckpointLayout(base.prefix, kept, base.names, base.slots, True)
+    with pytest.raises(ConversionError, match=r"matches none of .*15 blocks"):
+        build_mapping(layout)
+
+
+def test_keras_application_head_names_are_recognised():
+    from conversion.efficientnet_tf import parse_keras
+
+    parsed, bad = parse_keras({"a": "top_conv/kernel", "b": "predictions/bias", "c": "block3b_se_expand/bias",
+                               "d": "normalization/mean"})
+    layers = {v.key: (v.layer, v.block) for v in parsed}
+    assert layers == {"a": ("head_conv", None), "b": ("head_dense", None), "c": ("se_expand", (2, 1))}
+    assert bad == ["d"]  # Keras' input Normalization would change preprocessing: never silently dropped
