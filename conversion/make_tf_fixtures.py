@@ -3,13 +3,14 @@
 Run by hand in a side environment, never in CI (the tests only read the committed outputs)::
 
     python3.11 -m venv ../tfenv
-    ../tfenv/bin/pip install tensorflow-cpu==2.15.1 transformers==4.41.2 "numpy<2"
+    ../tfenv/bin/pip install tensorflow-cpu==2.15.1 tf-keras==2.15.1 transformers==4.41.2 "numpy<2"
     ../tfenv/bin/python conversion/make_tf_fixtures.py --out tests/fixtures/tf     # or: make tf-fixtures
 
 What it writes (into --out):
 
-* ``checkpoints.tar.xz``: the checkpoints themselves, packed because their weights are drawn from
-  15 levels per tensor, which xz squeezes ~8x while every value stays random:
+* ``checkpoints.tar.xz``: the checkpoints themselves (86 MB unpacked, 3.4 MB packed: weights are
+  drawn from 15 levels per tensor, slots and raw TF1 weights are zeros, the TF1 copies repeat the
+  ALIGN weights; every weight value is still independently random):
     - ``align_b0/ckpt``: an ALIGN model built the way kakaobrain/coyo-align builds it (Keras
       EfficientNet-B0 layer names with the top conv removed, Rescaling(1/127.5, -1), fixed
       ``correct_pad`` zero padding, virtual-batch BatchNormalization, an image Dense, transformers'
