@@ -108,8 +108,12 @@ def _pq_subquantizers(dim: int) -> int:
 
 
 def _ivf_lists(n: int) -> int:
-    """About 4 sqrt(n) inverted lists, a power of two, with >= 39 training points each."""
-    nlist = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n))))
+    """About sqrt(n) inverted lists (a power of two, >= 39 training points each).
+
+    More lists make queries cheaper but k-means training slower; sqrt(n) keeps a 1M build to
+    minutes on a laptop-class CPU.
+    """
+    nlist = 2 ** round(math.log2(max(1.0, math.sqrt(n))))
     return int(max(1, min(nlist, n // 39, 65536)))
 
 
@@ -120,7 +124,7 @@ def build_faiss_index(
     hnsw_m: int = HNSW_M,
     ef_construction: int = HNSW_EF_CONSTRUCTION,
     nlist: int | None = None,
-    train_size: int = 200_000,
+    train_per_list: int = 64,
     seed: int = 0,
 ) -> tuple[faiss.Index, str, dict[str, Any]]:
     """Build an inner-product FAISS index over ``(N, D)`` unit vectors.
@@ -152,6 +156,7 @@ def build_faiss_index(
         index = faiss.index_factory(dim, f"IVF{nlist},PQ{m}x8,Refine(SQ8)", faiss.METRIC_INNER_PRODUCT)
         # Polysemous codes only serve Hamming pre-filtering, which we never use; training them is slow.
         faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
+        train_size = max(train_per_list * nlist, 256 * 39)  # PQ's 256 centroids need ~10k points too
         rng = np.random.default_rng(seed)
         sample = vectors if n <= train_size else vectors[np.sort(rng.choice(n, train_size, replace=False))]
         index.train(sample)
@@ -251,14 +256,33 @@ class VectorCollection:
         ]
 
     def save(self, directory: str | os.PathLike) -> None:
+        """Write ``<kind>.faiss``, ``<kind>_embeddings.npy`` and ``<kind>_meta.jsonl``.
+
+        Each file is written aside and renamed into place, so a reader (or this very collection,
+        memory-mapped from the same directory) never sees a half-written file.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.index, str(directory / f"{self.kind}.faiss"))
+
+        def replace(name: str, write: Callable[[Path], None]) -> None:
+            tmp = directory / f".{name}.tmp"
+            write(tmp)
+            os.replace(tmp, directory / name)
+
+        replace(f"{self.kind}.faiss", lambda p: faiss.write_index(self.index, str(p)))
         if self.embeddings is not None:
-            np.save(directory / f"{self.kind}_embeddings.npy", np.asarray(self.embeddings, dtype=np.float32))
-        with open(directory / f"{self.kind}_meta.jsonl", "w", encoding="utf-8") as f:
-            for record in self.metadata:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            def write_npy(p: Path) -> None:
+                with open(p, "wb") as f:
+                    np.save(f, np.asarray(self.embeddings, dtype=np.float32))
+
+            replace(f"{self.kind}_embeddings.npy", write_npy)
+
+        def write_meta(p: Path) -> None:
+            with open(p, "w", encoding="utf-8") as f:
+                for record in self.metadata:
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+        replace(f"{self.kind}_meta.jsonl", write_meta)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, kind: str, info: dict[str, Any], mmap: bool = True) -> "VectorCollection":

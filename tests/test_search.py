@@ -392,3 +392,19 @@ def test_cli_search_refuses_another_model_and_empty_queries(saved_model, tiny, i
     # an index whose model was built in memory names no loadable model
     assert main(["search", "--index", str(out), "--text", "a red circle"]) == 2
     assert "pass --model" in capsys.readouterr().err
+
+
+def test_loaded_index_can_be_saved_again_in_place(built, tmp_path):
+    import shutil
+
+    _, out = built
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    loaded = CrossModalIndex.load(copy)
+    before = np.array(loaded["image"].embeddings)
+    loaded.save(copy)  # its embeddings are a memory map of the very file being written
+    again = CrossModalIndex.load(copy)
+    np.testing.assert_array_equal(again["image"].embeddings, before)
+    assert again["image"].metadata == loaded["image"].metadata
+    hits = [h.id for h in again["image"].search(before[:3], k=3)[0]]
+    assert hits == [h.id for h in loaded["image"].search(before[:3], k=3)[0]] and hits[0] == 0
