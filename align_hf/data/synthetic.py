@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Any, Iterable, Sequence
@@ -208,7 +209,7 @@ class SyntheticSample:
     """One generated pair: ``image`` (RGB, image_size^2), the (possibly noisy) ``caption``, and ``meta``."""
 
     key: str
-    image: Image.Image
+    image: Image.Image | None
     caption: str
     meta: dict[str, Any]
 
@@ -235,8 +236,9 @@ class SyntheticCorpus:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         return sizes[split]
 
-    def _rng(self, split: str, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.config.seed, SPLITS.index(split), index])
+    def _rng(self, split: str, index: int, stream: int) -> np.random.Generator:
+        # Separate streams for scene, pixels and caption: captions can be made without rendering.
+        return np.random.default_rng([self.config.seed, SPLITS.index(split), index, stream])
 
     @staticmethod
     def _pick(rng: np.random.Generator, options: Sequence[Any], weights: Sequence[float] | None = None) -> Any:
@@ -262,10 +264,10 @@ class SyntheticCorpus:
             "rgb": [int(v) for v in rgb], "angle": angle, **self._place(rng, size, cell),
         }
 
-    def sample_scene(self, split: str, index: int) -> tuple[dict[str, Any], np.random.Generator]:
-        """The scene of sample ``index`` of ``split`` (and the RNG, positioned for rendering/captions)."""
+    def sample_scene(self, split: str, index: int) -> dict[str, Any]:
+        """The scene of sample ``index`` of ``split``: kind, objects (with [0,1] geometry), background."""
         cfg = self.config
-        rng = self._rng(split, index)
+        rng = self._rng(split, index, 0)
         scene: dict[str, Any] = {"tone": self._pick(rng, TONES), "texture": self._pick(rng, TEXTURES)}
         if split == "zeroshot":
             label = index % len(self.class_names)
@@ -273,7 +275,7 @@ class SyntheticCorpus:
             size = self._pick(rng, cfg.zeroshot_sizes)
             scene.update(kind="single", objects=[self._object(rng, colour, shape, size, int(rng.integers(9)))])
             scene.update(label=self.class_names[label], label_index=label, unseen=(colour, shape) in self.unseen)
-            return scene, rng
+            return scene
         kinds = list(cfg.scene_weights)
         kind = self._pick(rng, kinds, [cfg.scene_weights[k] for k in kinds])
         combos = self.seen_combinations
@@ -295,7 +297,7 @@ class SyntheticCorpus:
             cells = rng.permutation(9)[:count]
             objects = [self._object(rng, colour, shape, "small", int(cell)) for cell in cells]
         scene.update(kind=kind, objects=objects)
-        return scene, rng
+        return scene
 
     # ------------------------------------------------------------------ captions
 
@@ -424,14 +426,17 @@ class SyntheticCorpus:
 
     # ------------------------------------------------------------------ samples
 
-    def sample(self, split: str, index: int) -> SyntheticSample:
-        """Sample ``index`` of ``split`` (deterministic)."""
+    def sample(self, split: str, index: int, render: bool = True) -> SyntheticSample:
+        """Sample ``index`` of ``split`` (deterministic). ``render=False`` skips the image (``None``)."""
         total = self.split_size(split)
         if not 0 <= index < total:
             raise IndexError(f"{split} has {total} samples, asked for index {index}")
         cfg = self.config
-        scene, rng = self.sample_scene(split, index)
-        image = render_scene(scene["objects"], scene["tone"], scene["texture"], cfg.image_size, rng, cfg.supersample)
+        scene = self.sample_scene(split, index)
+        image = None
+        if render:
+            image = render_scene(scene["objects"], scene["tone"], scene["texture"], cfg.image_size, self._rng(split, index, 1), cfg.supersample)
+        rng = self._rng(split, index, 2)
         canonical = self.describe(scene)
         meta: dict[str, Any] = {
             "split": split,
@@ -458,10 +463,10 @@ class SyntheticCorpus:
             meta["captions"] = [canonical, self.describe(scene, rng)]
         return SyntheticSample(f"{split}-{index:07d}", image, caption, meta)
 
-    def iter_split(self, split: str, start: int = 0, stop: int | None = None) -> Iterable[SyntheticSample]:
+    def iter_split(self, split: str, start: int = 0, stop: int | None = None, render: bool = True) -> Iterable[SyntheticSample]:
         stop = self.split_size(split) if stop is None else min(stop, self.split_size(split))
         for index in range(start, stop):
-            yield self.sample(split, index)
+            yield self.sample(split, index, render)
 
     # ------------------------------------------------------------------ vocabulary
 
@@ -540,7 +545,9 @@ def write_synthetic_corpus(
     noise_counts: dict[str, int] = {}
     bar = tqdm(total=sum(corpus.split_size(s) for s in splits), desc="synthetic corpus", unit=" pairs", disable=not progress)
     if num_workers > 1:
-        pool = get_context("spawn").Pool(num_workers)
+        # fork is much cheaper than spawn (no re-import of torch per worker) and safe here: the
+        # workers only use numpy and PIL. Elsewhere (macOS, Windows) spawn is the safe choice.
+        pool = get_context("fork" if sys.platform.startswith("linux") else "spawn").Pool(num_workers)
         results = pool.imap_unordered(_write_shard, tasks)
     else:
         pool, results = None, map(_write_shard, tasks)

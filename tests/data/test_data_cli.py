@@ -1,0 +1,54 @@
+"""`align-hf data synth | check | count` through the package's CLI entry point."""
+
+import json
+from collections import Counter
+
+from align_hf.cli import main
+from align_hf.data import FrequencyCounts, load_manifest
+from align_hf.data.filtering import unigrams
+from data_samples import bad_samples, write_samples
+
+
+def test_synth_writes_a_loadable_corpus(tmp_path, capsys):
+    out = tmp_path / "corpus"
+    code = main(["data", "synth", "--output", str(out), "--num-train", "25", "--zeroshot-per-class", "1",
+                 "--num-retrieval", "6", "--shard-size", "10", "--image-size", "32", "--workers", "1", "--no-progress"])
+    assert code == 0
+    manifest = load_manifest(out)
+    assert manifest["config"]["image_size"] == 32
+    assert [len(manifest["splits"][s]["shards"]) for s in ("train", "zeroshot", "retrieval")] == [3, 5, 1]
+    printed = capsys.readouterr().out
+    assert "unseen in training" in printed and "manifest.json" in printed
+
+
+def test_check_reports_skips_filter_and_lengths(tmp_path, capsys):
+    write_samples(str(tmp_path / "wds"), bad_samples(), per_shard=4)
+    report_path = tmp_path / "report.json"
+    assert main(["data", "check", str(tmp_path / "wds"), "--json", str(report_path), "--no-progress", "--save-counts", str(tmp_path / "c.json")]) == 0
+    report = json.loads(report_path.read_text())
+    expected = Counter(s["expect"] for s in bad_samples() if s["expect"] is not None)
+    kept = sum(s["expect"] is None for s in bad_samples())
+    assert report["total"] == len(bad_samples())
+    assert report["decodable"] == kept
+    assert report["skipped"] == dict(expected)
+    # Paper thresholds: every test image is under 200 px, so all decodable pairs are dropped for size.
+    assert report["filter"]["checked"] == kept and report["filter"]["kept"] == 0
+    assert report["filter"]["dropped"]["image_too_small"] == kept
+    non_empty = [s["text"] for s in bad_samples() if s["text"].strip()]
+    assert sum(report["caption_words"]["buckets"].values()) == len(non_empty)
+    assert report["caption_words"]["exact"] == {str(k): v for k, v in sorted(Counter(len(unigrams(t)) for t in non_empty).items())}
+    printed = capsys.readouterr().out
+    assert "too_many_pixels" in printed and "ALIGN filter" in printed
+    assert FrequencyCounts.load(tmp_path / "c.json").num_texts == len(non_empty)
+
+    # Looser thresholds from the command line change the outcome.
+    main(["data", "check", str(tmp_path / "wds"), "--json", str(report_path), "--no-progress", "--filter", "small", "--image-size", "16", "--min-token-count", "1"])
+    assert json.loads(report_path.read_text())["filter"]["kept"] > 0
+
+
+def test_count_command(tmp_path, capsys):
+    write_samples(str(tmp_path / "wds"), bad_samples(), per_shard=100)
+    assert main(["data", "count", str(tmp_path / "wds"), "--output", str(tmp_path / "counts.json"), "--count-images", "--no-progress"]) == 0
+    counts = FrequencyCounts.load(tmp_path / "counts.json")
+    assert counts.counted_images and counts.num_texts == 10 and counts.token_counts["png"] == 4
+    assert "distinct unigrams" in capsys.readouterr().out
