@@ -203,6 +203,8 @@ class DemoBackend:
         max_pixels: largest accepted upload in pixels (width x height).
         max_batch_size: most images or texts merged into one forward pass.
         label_presets: preset label sets offered by the classification tab.
+        template_sets: named prompt-template sets offered for ensembling.
+        default_labels / default_templates: what the classification tab starts with.
         check_index: verify that the index was built with this model (probe embedding).
     """
 
@@ -217,6 +219,8 @@ class DemoBackend:
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         label_presets: dict[str, list[str]] | None = None,
         template_sets: dict[str, Sequence[str] | str] | None = None,
+        default_labels: str = "",
+        default_templates: str | None = None,
         check_index: bool = True,
     ) -> None:
         self.model = model.eval()
@@ -227,6 +231,9 @@ class DemoBackend:
         self.max_pixels = int(max_pixels)
         self.label_presets = dict(LABEL_PRESETS if label_presets is None else label_presets)
         self.template_sets = dict(TEMPLATE_SETS if template_sets is None else template_sets)
+        self.default_labels = default_labels
+        names = list(self.template_sets)
+        self.default_templates = default_templates if default_templates in self.template_sets else names[min(1, len(names) - 1)]
         self.searcher = Searcher(index, model, processor, check=check_index) if index is not None else None
         self.image_batcher = MicroBatcher(self._encode_images, max_batch_size, name="image-encoder")
         self.text_batcher = MicroBatcher(self._encode_texts, max_batch_size, name="text-encoder")
@@ -453,6 +460,19 @@ class DemoBackend:
                 logger.warning("cannot open indexed image %s: %s", path, err)
         return Image.new("RGB", (THUMBNAIL_SIDE // 2, THUMBNAIL_SIDE // 2), (200, 200, 200))
 
+    def example_images(self, count: int = 4) -> list[str]:
+        """Up to ``count`` indexed image files, offered as clickable examples."""
+        if self.index is None or "image" not in self.index:
+            return []
+        found = []
+        for record in self.index["image"].metadata[: count * 4]:
+            path = self.resolve_image_path(record)
+            if path is not None:
+                found.append(str(path))
+            if len(found) == count:
+                break
+        return found
+
     def resolve_image_path(self, metadata: dict[str, Any]) -> Path | None:
         """Where the image of an index row lives: as recorded, else relative to the index directory."""
         recorded = metadata.get("path")
@@ -553,6 +573,7 @@ def build_demo(backend: DemoBackend, title: str = "ALIGN: zero-shot classificati
 
     has_images = backend.index is not None and "image" in backend.index
     has_texts = backend.index is not None and "text" in backend.index
+    examples = backend.example_images()
     no_index_note = "No index with {} is loaded: start the demo with `--index DIR` (built by `align-hf index build`)."
     # Preprocessing of uploads is ours (preprocess=False), so a non-image gets a clear message
     # instead of Gradio's generic error; Gradio still only hands us files from its upload cache.
@@ -565,16 +586,20 @@ def build_demo(backend: DemoBackend, title: str = "ALIGN: zero-shot classificati
                 with gr.Row():
                     with gr.Column():
                         zs_image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="zs-image")
-                        zs_labels = gr.Textbox(label="Labels (comma-separated)", placeholder="cat, dog, car", elem_id="zs-labels")
+                        zs_labels = gr.Textbox(
+                            value=backend.default_labels, label="Labels (comma-separated)", placeholder="cat, dog, car", elem_id="zs-labels"
+                        )
                         zs_preset = gr.Dropdown(
                             ["(type labels)", *backend.label_presets], value="(type labels)",
                             label="…or a preset label set (used when no labels are typed)", elem_id="zs-preset",
                         )
                         zs_templates = gr.Dropdown(
-                            list(backend.template_sets), value=list(backend.template_sets)[1] if len(backend.template_sets) > 1 else None,
+                            list(backend.template_sets), value=backend.default_templates,
                             label="Prompt templates (several = ensembling)", elem_id="zs-templates",
                         )
                         zs_button = gr.Button("Classify", variant="primary", elem_id="zs-button")
+                        if examples:
+                            gr.Examples([[p] for p in examples], inputs=[zs_image], label="Examples from the index")
                     zs_output = gr.Label(label="Probabilities", num_top_classes=5, elem_id="zs-output")
                 zs_button.click(
                     guarded(classify), [zs_image, zs_labels, zs_preset, zs_templates], zs_output, api_name="classify", **events
@@ -601,6 +626,8 @@ def build_demo(backend: DemoBackend, title: str = "ALIGN: zero-shot classificati
                         it_image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="it-image")
                         it_k = gr.Slider(1, MAX_RESULTS, value=8, step=1, label="Results", elem_id="it-k")
                         it_button = gr.Button("Search captions", variant="primary", interactive=has_texts, elem_id="it-button")
+                        if examples:
+                            gr.Examples([[p] for p in examples], inputs=[it_image], label="Examples from the index")
                     it_table = gr.Dataframe(
                         headers=["rank", "score", "caption"], label="Captions", interactive=False, wrap=True, elem_id="it-table"
                     )
@@ -621,6 +648,8 @@ def build_demo(backend: DemoBackend, title: str = "ALIGN: zero-shot classificati
                         cq_weight = gr.Slider(0.0, 4.0, value=2.0, step=0.1, label="Text weight (image weight is 1)", elem_id="cq-weight")
                         cq_k = gr.Slider(1, MAX_RESULTS, value=8, step=1, label="Results", elem_id="cq-k")
                         cq_button = gr.Button("Search", variant="primary", interactive=has_images, elem_id="cq-button")
+                        if examples:
+                            gr.Examples([[p] for p in examples], inputs=[cq_image], label="Examples from the index")
                     cq_gallery = gr.Gallery(
                         label="Results (score · image)", columns=4, height="auto", format="png", interactive=False, elem_id="cq-gallery"
                     )

@@ -52,7 +52,10 @@ def load_model(spec: str | os.PathLike | None, device: str | None = None) -> tup
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), processor, str(spec)
+    model = model.to(device).eval()
+    if hasattr(model, "for_inference"):  # BatchNorm folded: same embeddings, faster image tower
+        model = model.for_inference()
+    return model, processor, str(spec)
 
 
 def find_corpus_config(model_dir: str | os.PathLike) -> Any:
@@ -154,6 +157,7 @@ def create_backend(
 
     net, processor, name = load_model(model, device)
     index_obj, index_path, presets, template_sets = None, None, None, None
+    default_labels, default_templates = "", None
     if not no_index:
         if index is not None:
             index_path = resolve_index_dir(index)
@@ -174,6 +178,10 @@ def create_backend(
             corpus = SyntheticCorpus(config)
             presets = {"synthetic shapes (colour x shape)": corpus.class_names, **LABEL_PRESETS}
             template_sets = {**TEMPLATE_SETS, "synthetic corpus prompts": list(corpus.zeroshot_templates)}
+            # Start the classification tab on labels and prompts this corpus can answer.
+            step = max(1, len(corpus.class_names) // 6)
+            default_labels = ", ".join(corpus.class_names[::step][:6])
+            default_templates = "synthetic corpus prompts"
     try:
         backend = DemoBackend(
             net,
@@ -185,6 +193,8 @@ def create_backend(
             max_batch_size=max_batch_size or DEFAULT_MAX_BATCH_SIZE,
             label_presets=presets,
             template_sets=template_sets,
+            default_labels=default_labels,
+            default_templates=default_templates,
         )
     except ModelMismatchError as err:
         raise DemoSetupError(f"the index does not match the model: {err}") from err

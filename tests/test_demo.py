@@ -264,6 +264,14 @@ def test_only_uploads_and_results_are_served(demo_server):
         assert response.status_code in (403, 404), path
 
 
+def test_launch_settings_are_safe(demo_server):
+    demo = demo_server.demo
+    assert demo.analytics_enabled is False and demo.share is False
+    assert demo.server_name == "127.0.0.1"
+    assert demo.max_file_size == 200 * 1024  # what the fixture asked for
+    assert demo.run_history is False and not demo.allowed_paths
+
+
 def test_index_mismatch_is_refused(demo_server):
     from align_hf.search import ModelMismatchError
     from align_hf.testing import tiny_model
@@ -434,6 +442,23 @@ def test_default_demo_indexes_the_synthetic_gallery_and_reuses_it(tmp_path, monk
     from align_hf.search import check_model, model_signature
 
     check_model(CrossModalIndex.load(index_dir).signature, model_signature(AlignModel.from_pretrained(model_dir), tiny_processor()))
+
+
+def test_cli_launch_uses_safe_defaults(demo_server, tmp_path, monkeypatch):
+    import gradio as gr
+
+    import align_hf.demo_app as demo_app
+    from align_hf.cli import main
+
+    seen = {}
+    monkeypatch.setattr(demo_app, "launch_demo", lambda demo, **kwargs: seen.update(kwargs, demo=demo))
+    model_dir = tmp_path / "model"
+    demo_server.model.save_pretrained(model_dir)
+    demo_server.processor.save_pretrained(model_dir)
+    assert main(["demo", "--model", str(model_dir), "--index", str(demo_server.index_dir)]) == 0
+    assert isinstance(seen["demo"], gr.Blocks)
+    assert seen["host"] == "127.0.0.1" and seen["share"] is False and seen["max_file_size"] == "10mb"
+    assert seen["concurrency"] >= 2 and seen["open_browser"] is False
 
 
 def test_cli_with_explicit_model_and_index(demo_server, tmp_path, capsys):
