@@ -57,8 +57,22 @@ SUPPORTED_FORMATS = "PNG, JPEG, WebP, GIF, BMP or TIFF"
 
 LABEL_PRESETS: dict[str, list[str]] = {
     "everyday objects": [
-        "cat", "dog", "bird", "car", "bicycle", "airplane", "boat", "train", "chair", "cup",
-        "laptop", "phone", "book", "flower", "tree", "house",
+        "cat",
+        "dog",
+        "bird",
+        "car",
+        "bicycle",
+        "airplane",
+        "boat",
+        "train",
+        "chair",
+        "cup",
+        "laptop",
+        "phone",
+        "book",
+        "flower",
+        "tree",
+        "house",
     ],
     "animals": ["cat", "dog", "horse", "cow", "sheep", "bird", "fish", "elephant", "bear", "zebra", "giraffe"],
     "scenes": ["beach", "forest", "mountain", "city street", "kitchen", "office", "desert", "snow field"],
@@ -233,7 +247,9 @@ class DemoBackend:
         self.template_sets = dict(TEMPLATE_SETS if template_sets is None else template_sets)
         self.default_labels = default_labels
         names = list(self.template_sets)
-        self.default_templates = default_templates if default_templates in self.template_sets else names[min(1, len(names) - 1)]
+        self.default_templates = (
+            default_templates if default_templates in self.template_sets else names[min(1, len(names) - 1)]
+        )
         self.searcher = Searcher(index, model, processor, check=check_index) if index is not None else None
         self.image_batcher = MicroBatcher(self._encode_images, max_batch_size, name="image-encoder")
         self.text_batcher = MicroBatcher(self._encode_texts, max_batch_size, name="text-encoder")
@@ -286,8 +302,7 @@ class DemoBackend:
             raise DemoInputError(f"The image is too large to decode safely ({err}).") from err
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError) as err:
             raise DemoInputError(
-                f"{name!r} is not an image that can be read ({type(err).__name__}). "
-                f"Upload a {SUPPORTED_FORMATS} file."
+                f"{name!r} is not an image that can be read ({type(err).__name__}). Upload a {SUPPORTED_FORMATS} file."
             ) from err
 
     def _check_pixels(self, width: int, height: int) -> None:
@@ -309,7 +324,9 @@ class DemoBackend:
         names = list(dict.fromkeys(str(n).strip() for n in items if str(n).strip()))
         if not names and preset:
             if preset not in self.label_presets:
-                raise DemoInputError(f"Unknown label preset {preset!r}; choose one of: {', '.join(self.label_presets)}.")
+                raise DemoInputError(
+                    f"Unknown label preset {preset!r}; choose one of: {', '.join(self.label_presets)}."
+                )
             names = list(self.label_presets[preset])
         if not names:
             raise DemoInputError("Enter at least one label (comma-separated, e.g. 'cat, dog, car') or pick a preset.")
@@ -351,10 +368,14 @@ class DemoBackend:
 
     def _collection(self, kind: str):
         if self.index is None:
-            raise DemoInputError("No search index is loaded; start the demo with --index DIR (built by `align-hf index build`).")
+            raise DemoInputError(
+                "No search index is loaded; start the demo with --index DIR (built by `align-hf index build`)."
+            )
         if kind not in self.index:
             have = ", ".join(self.index.collections)
-            raise DemoInputError(f"The loaded index has no {kind} collection (it has: {have}); rebuild it with {kind}s.")
+            raise DemoInputError(
+                f"The loaded index has no {kind} collection (it has: {have}); rebuild it with {kind}s."
+            )
         return self.index[kind]
 
     # -------------------------------------------------------------- zero-shot classification
@@ -500,7 +521,9 @@ class DemoBackend:
             f"- **{self.model_name}**: {params:,} parameters, embedding dim {dim}, logit scale {self.logit_scale:.2f}",
         ]
         if vision is not None:
-            lines.append(f"- image tower: `{getattr(vision, 'model_name', '?')}` at {getattr(vision, 'image_size', '?')} px")
+            lines.append(
+                f"- image tower: `{getattr(vision, 'model_name', '?')}` at {getattr(vision, 'image_size', '?')} px"
+            )
         if text is not None:
             lines.append(
                 f"- text tower: {getattr(text, 'num_hidden_layers', '?')} layers, width {getattr(text, 'hidden_size', '?')}"
@@ -509,7 +532,9 @@ class DemoBackend:
         if self.index is None:
             lines.append("- none loaded (search tabs are disabled); pass `--index DIR`")
         else:
-            lines.append(f"- **{self.index_path or 'in memory'}**, built with model `{self.index.model_id}`, embedding dim {self.index.dim}")
+            lines.append(
+                f"- **{self.index_path or 'in memory'}**, built with model `{self.index.model_id}`, embedding dim {self.index.dim}"
+            )
             for kind, coll in self.index.collections.items():
                 lines.append(f"- {kind} collection: {len(coll):,} vectors ({coll.info.get('index_type', '?')} index)")
         lines += [
@@ -585,51 +610,83 @@ def build_demo(backend: DemoBackend, title: str = "ALIGN: zero-shot classificati
             with gr.Tab("Zero-shot classification", id="zero-shot"):
                 with gr.Row():
                     with gr.Column():
-                        zs_image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="zs-image")
+                        zs_image = gr.Image(
+                            label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="zs-image"
+                        )
                         zs_labels = gr.Textbox(
-                            value=backend.default_labels, label="Labels (comma-separated)", placeholder="cat, dog, car", elem_id="zs-labels"
+                            value=backend.default_labels,
+                            label="Labels (comma-separated)",
+                            placeholder="cat, dog, car",
+                            elem_id="zs-labels",
                         )
                         zs_preset = gr.Dropdown(
-                            ["(type labels)", *backend.label_presets], value="(type labels)",
-                            label="…or a preset label set (used when no labels are typed)", elem_id="zs-preset",
+                            ["(type labels)", *backend.label_presets],
+                            value="(type labels)",
+                            label="…or a preset label set (used when no labels are typed)",
+                            elem_id="zs-preset",
                         )
                         zs_templates = gr.Dropdown(
-                            list(backend.template_sets), value=backend.default_templates,
-                            label="Prompt templates (several = ensembling)", elem_id="zs-templates",
+                            list(backend.template_sets),
+                            value=backend.default_templates,
+                            label="Prompt templates (several = ensembling)",
+                            elem_id="zs-templates",
                         )
                         zs_button = gr.Button("Classify", variant="primary", elem_id="zs-button")
                         if examples:
                             gr.Examples([[p] for p in examples], inputs=[zs_image], label="Examples from the index")
                     zs_output = gr.Label(label="Probabilities", num_top_classes=5, elem_id="zs-output")
                 zs_button.click(
-                    guarded(classify), [zs_image, zs_labels, zs_preset, zs_templates], zs_output, api_name="classify", **events
+                    guarded(classify),
+                    [zs_image, zs_labels, zs_preset, zs_templates],
+                    zs_output,
+                    api_name="classify",
+                    **events,
                 )
 
             with gr.Tab("Text -> image search", id="text-to-image"):
                 if not has_images:
                     gr.Markdown(no_index_note.format("images"))
                 with gr.Row():
-                    ti_query = gr.Textbox(label="Query", placeholder="a red circle on a white background", scale=4, elem_id="ti-query")
+                    ti_query = gr.Textbox(
+                        label="Query", placeholder="a red circle on a white background", scale=4, elem_id="ti-query"
+                    )
                     ti_k = gr.Slider(1, MAX_RESULTS, value=8, step=1, label="Results", scale=1, elem_id="ti-k")
                 ti_button = gr.Button("Search", variant="primary", interactive=has_images, elem_id="ti-button")
                 ti_gallery = gr.Gallery(
-                    label="Results (score · image)", columns=4, height="auto", format="png", interactive=False, elem_id="ti-gallery"
+                    label="Results (score · image)",
+                    columns=4,
+                    height="auto",
+                    format="png",
+                    interactive=False,
+                    elem_id="ti-gallery",
                 )
-                ti_button.click(guarded(text_to_image), [ti_query, ti_k], ti_gallery, api_name="text_to_image", **events)
-                ti_query.submit(guarded(text_to_image), [ti_query, ti_k], ti_gallery, api_visibility="private", **events)
+                ti_button.click(
+                    guarded(text_to_image), [ti_query, ti_k], ti_gallery, api_name="text_to_image", **events
+                )
+                ti_query.submit(
+                    guarded(text_to_image), [ti_query, ti_k], ti_gallery, api_visibility="private", **events
+                )
 
             with gr.Tab("Image -> text search", id="image-to-text"):
                 if not has_texts:
                     gr.Markdown(no_index_note.format("texts"))
                 with gr.Row():
                     with gr.Column():
-                        it_image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="it-image")
+                        it_image = gr.Image(
+                            label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="it-image"
+                        )
                         it_k = gr.Slider(1, MAX_RESULTS, value=8, step=1, label="Results", elem_id="it-k")
-                        it_button = gr.Button("Search captions", variant="primary", interactive=has_texts, elem_id="it-button")
+                        it_button = gr.Button(
+                            "Search captions", variant="primary", interactive=has_texts, elem_id="it-button"
+                        )
                         if examples:
                             gr.Examples([[p] for p in examples], inputs=[it_image], label="Examples from the index")
                     it_table = gr.Dataframe(
-                        headers=["rank", "score", "caption"], label="Captions", interactive=False, wrap=True, elem_id="it-table"
+                        headers=["rank", "score", "caption"],
+                        label="Captions",
+                        interactive=False,
+                        wrap=True,
+                        elem_id="it-table",
                     )
                 it_button.click(guarded(image_to_text), [it_image, it_k], it_table, api_name="image_to_text", **events)
 
@@ -642,19 +699,32 @@ def build_demo(backend: DemoBackend, title: str = "ALIGN: zero-shot classificati
                 )
                 with gr.Row():
                     with gr.Column():
-                        cq_image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="cq-image")
+                        cq_image = gr.Image(
+                            label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="cq-image"
+                        )
                         cq_text = gr.Textbox(label="Add text", placeholder="blue", elem_id="cq-text")
                         cq_minus = gr.Textbox(label="Minus text (optional)", placeholder="red", elem_id="cq-minus")
-                        cq_weight = gr.Slider(0.0, 4.0, value=2.0, step=0.1, label="Text weight (image weight is 1)", elem_id="cq-weight")
+                        cq_weight = gr.Slider(
+                            0.0, 4.0, value=2.0, step=0.1, label="Text weight (image weight is 1)", elem_id="cq-weight"
+                        )
                         cq_k = gr.Slider(1, MAX_RESULTS, value=8, step=1, label="Results", elem_id="cq-k")
                         cq_button = gr.Button("Search", variant="primary", interactive=has_images, elem_id="cq-button")
                         if examples:
                             gr.Examples([[p] for p in examples], inputs=[cq_image], label="Examples from the index")
                     cq_gallery = gr.Gallery(
-                        label="Results (score · image)", columns=4, height="auto", format="png", interactive=False, elem_id="cq-gallery"
+                        label="Results (score · image)",
+                        columns=4,
+                        height="auto",
+                        format="png",
+                        interactive=False,
+                        elem_id="cq-gallery",
                     )
                 cq_button.click(
-                    guarded(composed), [cq_image, cq_text, cq_minus, cq_weight, cq_k], cq_gallery, api_name="composed", **events
+                    guarded(composed),
+                    [cq_image, cq_text, cq_minus, cq_weight, cq_k],
+                    cq_gallery,
+                    api_name="composed",
+                    **events,
                 )
 
             with gr.Tab("About", id="about"):
@@ -699,7 +769,9 @@ def launch_demo(
         run_history=False,  # record nothing about users' calls
         pwa=False,
         # System fonts: the default Google fonts would be fetched from the internet by every browser.
-        theme=gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]),
+        theme=gr.themes.Soft(
+            font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+        ),
     )
 
 

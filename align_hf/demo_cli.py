@@ -64,7 +64,11 @@ def find_corpus_config(model_dir: str | os.PathLike) -> Any:
     from .data import SyntheticConfig
 
     root = Path(model_dir).resolve().parent
-    candidates = [root / "manifest.json", *sorted(root.glob("*/manifest.json")), *sorted(root.glob("*/*/manifest.json"))]
+    candidates = [
+        root / "manifest.json",
+        *sorted(root.glob("*/manifest.json")),
+        *sorted(root.glob("*/*/manifest.json")),
+    ]
     for path in candidates:
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -122,7 +126,9 @@ def synthetic_gallery_index(
         captions.append(sample.caption)
         texts.extend(sample.meta.get("captions", [sample.caption]))
     texts = list(dict.fromkeys(texts))
-    index = CrossModalIndex.build(model, processor, output_dir, images=paths, texts=texts, index_type="flat", progress=progress)
+    index = CrossModalIndex.build(
+        model, processor, output_dir, images=paths, texts=texts, index_type="flat", progress=progress
+    )
     # Keep each gallery image's caption with it so results can show what the scene is.
     by_path = dict(zip(paths, captions))
     for record_meta in index["image"].metadata:
@@ -266,21 +272,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             f"({QUICKSTART_MODEL}) over an index of the synthetic held-out gallery (built on first use)."
         ),
     )
-    parser.add_argument("--model", help="checkpoint folder or Hub id (align_hf or transformers ALIGN format); default: the quickstart model")
-    parser.add_argument("--index", help="index folder built by `align-hf index build`, or a Hub dataset repo holding one; default: the synthetic gallery")
+    parser.add_argument(
+        "--model",
+        help="checkpoint folder or Hub id (align_hf or transformers ALIGN format); default: the quickstart model",
+    )
+    parser.add_argument(
+        "--index",
+        help="index folder built by `align-hf index build`, or a Hub dataset repo holding one; default: the synthetic gallery",
+    )
     parser.add_argument("--no-index", action="store_true", help="classification only, no search index")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it)",
+    )
     parser.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
-    parser.add_argument("--share", action="store_true", help="also open a public gradio.live share link (off by default)")
+    parser.add_argument(
+        "--share", action="store_true", help="also open a public gradio.live share link (off by default)"
+    )
     parser.add_argument("--max-file-size", default="10mb", help="largest upload (default: 10mb)")
     parser.add_argument("--max-megapixels", type=float, default=40.0, help="largest image in megapixels (default: 40)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests handled at once per endpoint (default: 4)")
-    parser.add_argument("--max-batch-size", type=int, default=16, help="most concurrent images/texts merged into one forward pass (default: 16)")
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=16,
+        help="most concurrent images/texts merged into one forward pass (default: 16)",
+    )
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--gallery-size", type=int, default=DEFAULT_GALLERY_SIZE, help=f"synthetic gallery images when no --index is given (default: {DEFAULT_GALLERY_SIZE})")
-    parser.add_argument("--index-dir", default=str(DEFAULT_INDEX_DIR), help=f"where the synthetic gallery index is kept (default: {DEFAULT_INDEX_DIR})")
-    parser.add_argument("--rebuild-index", action="store_true", help="rebuild the synthetic gallery index even if a matching one exists")
+    parser.add_argument(
+        "--gallery-size",
+        type=int,
+        default=DEFAULT_GALLERY_SIZE,
+        help=f"synthetic gallery images when no --index is given (default: {DEFAULT_GALLERY_SIZE})",
+    )
+    parser.add_argument(
+        "--index-dir",
+        default=str(DEFAULT_INDEX_DIR),
+        help=f"where the synthetic gallery index is kept (default: {DEFAULT_INDEX_DIR})",
+    )
+    parser.add_argument(
+        "--rebuild-index", action="store_true", help="rebuild the synthetic gallery index even if a matching one exists"
+    )
     parser.add_argument("--open-browser", action="store_true", help="open the demo in the default web browser")
-    parser.add_argument("--check", action="store_true", help="load model and index, print what was loaded, and exit without serving")
+    parser.add_argument(
+        "--check", action="store_true", help="load model and index, print what was loaded, and exit without serving"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_demo)

@@ -62,7 +62,9 @@ def run(backend: DemoBackend, kind: str, users: int, requests: int) -> tuple[flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="align-base", help="model architecture, random weights (default: align-base)")
+    parser.add_argument(
+        "--preset", default="align-base", help="model architecture, random weights (default: align-base)"
+    )
     parser.add_argument("--image-size", type=int, default=None, help="image size (default: the preset's)")
     parser.add_argument("--users", type=int, default=8, help="concurrent users (default: 8)")
     parser.add_argument("--requests", type=int, default=48, help="requests per measurement (default: 48)")
@@ -83,8 +85,10 @@ def main() -> None:
         "one call per request": DemoBackend(model, processor, index, max_batch_size=1, check_index=False),
         "micro-batched": DemoBackend(model, processor, index, max_batch_size=DEFAULT_MAX_BATCH_SIZE, check_index=False),
     }
-    print(f"preset {args.preset}, {size} px, {args.users} concurrent users, {args.requests} requests, "
-          f"{torch.get_num_threads()} torch threads, flat index of {args.index_size:,}")
+    print(
+        f"preset {args.preset}, {size} px, {args.users} concurrent users, {args.requests} requests, "
+        f"{torch.get_num_threads()} torch threads, flat index of {args.index_size:,}"
+    )
     print(f"| search | {' | '.join(f'{name} (req/s)' for name in backends)} | speed-up | mean batch |")
     print("|---|---|---|---|---|")
     for kind in args.kinds:

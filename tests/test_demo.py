@@ -44,7 +44,12 @@ def ref_image(model, processor, image) -> np.ndarray:
 @torch.no_grad()
 def ref_text(model, processor, text: str) -> np.ndarray:
     enc = processor(text=[text], return_tensors="pt")
-    e = model.encode_text(enc["input_ids"], attention_mask=enc["attention_mask"], token_type_ids=enc.get("token_type_ids"), normalize=False)[0].double()
+    e = model.encode_text(
+        enc["input_ids"],
+        attention_mask=enc["attention_mask"],
+        token_type_ids=enc.get("token_type_ids"),
+        normalize=False,
+    )[0].double()
     return (e / e.norm()).numpy()
 
 
@@ -101,10 +106,17 @@ def test_classify_matches_reference(demo_server, query_image):
     from gradio_client import handle_file
 
     s = demo_server
-    out = s.client.predict(handle_file(str(query_image)), "red square, blue square, green circle", "(type labels)",
-                           "single: 'a photo of a {}.'", api_name="/classify")
+    out = s.client.predict(
+        handle_file(str(query_image)),
+        "red square, blue square, green circle",
+        "(type labels)",
+        "single: 'a photo of a {}.'",
+        api_name="/classify",
+    )
     got = confidences(out)
-    want = ref_probs(s.model, s.processor, query_image, ["red square", "blue square", "green circle"], ["a photo of a {}."])
+    want = ref_probs(
+        s.model, s.processor, query_image, ["red square", "blue square", "green circle"], ["a photo of a {}."]
+    )
     assert set(got) == set(want)
     for label in want:
         assert got[label] == pytest.approx(want[label], abs=1e-4)
@@ -119,7 +131,9 @@ def test_classify_preset_with_prompt_ensembling(demo_server, query_image):
     s = demo_server
     preset = "animals"
     labels = s.backend.label_presets[preset]
-    out = s.client.predict(handle_file(str(query_image)), "", preset, "short ensemble (8 prompts)", api_name="/classify")
+    out = s.client.predict(
+        handle_file(str(query_image)), "", preset, "short ensemble (8 prompts)", api_name="/classify"
+    )
     got = confidences(out)
     # gr.Label sends the top 5 classes; they must be the reference's top 5 with its probabilities.
     want = ref_probs(s.model, s.processor, query_image, labels, load_templates("short"))
@@ -169,8 +183,12 @@ def test_composed_query_matches_brute_force(demo_server, query_image):
 
     s = demo_server
     k, weight = 6, 1.5
-    out = gallery_entries(s.client.predict(handle_file(str(query_image)), "blue", "red", weight, k, api_name="/composed"))
-    q = ref_image(s.model, s.processor, query_image) + weight * (ref_text(s.model, s.processor, "blue") - ref_text(s.model, s.processor, "red"))
+    out = gallery_entries(
+        s.client.predict(handle_file(str(query_image)), "blue", "red", weight, k, api_name="/composed")
+    )
+    q = ref_image(s.model, s.processor, query_image) + weight * (
+        ref_text(s.model, s.processor, "blue") - ref_text(s.model, s.processor, "red")
+    )
     q /= np.linalg.norm(q)
     scores = np.array([ref_image(s.model, s.processor, p) @ q for p in s.image_paths])
     order = np.argsort(-scores)[:k]
@@ -224,8 +242,12 @@ def test_empty_labels_and_empty_queries(demo_server, query_image):
     from gradio_client import handle_file
 
     c = demo_server.client
-    assert "at least one label" in _app_error(c, handle_file(str(query_image)), " , ,", "(type labels)", "none (label only)", api_name="/classify")
-    assert "Upload an image first" in _app_error(c, None, "cat", "(type labels)", "none (label only)", api_name="/classify")
+    assert "at least one label" in _app_error(
+        c, handle_file(str(query_image)), " , ,", "(type labels)", "none (label only)", api_name="/classify"
+    )
+    assert "Upload an image first" in _app_error(
+        c, None, "cat", "(type labels)", "none (label only)", api_name="/classify"
+    )
     assert "Type a text query" in _app_error(c, "   ", 4, api_name="/text_to_image")
     assert "Upload an image first" in _app_error(c, None, 4, api_name="/image_to_text")
     assert "Give an image, a text or both" in _app_error(c, None, "", "", 2.0, 4, api_name="/composed")
@@ -240,7 +262,9 @@ def test_image_with_too_many_pixels_is_refused(demo_server, tmp_path):
     big = tmp_path / "big.png"
     Image.new("RGB", (600, 600), (10, 200, 10)).save(big)  # 360k pixels, a tiny file
     assert 600 * 600 > DEMO_MAX_PIXELS and big.stat().st_size < 50_000
-    message = _app_error(demo_server.client, handle_file(str(big)), "cat", "(type labels)", "none (label only)", api_name="/classify")
+    message = _app_error(
+        demo_server.client, handle_file(str(big)), "cat", "(type labels)", "none (label only)", api_name="/classify"
+    )
     assert "too large: 600 x 600 pixels" in message and "limit is 0.2 MP" in message
 
 
@@ -250,9 +274,13 @@ def test_oversized_upload_is_rejected(demo_server, tmp_path):
     huge = tmp_path / "huge.png"
     huge.write_bytes(np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes())
     with pytest.raises(ValueError, match="exceeds the maximum file size"):
-        demo_server.client.predict(handle_file(str(huge)), "cat", "(type labels)", "none (label only)", api_name="/classify")
+        demo_server.client.predict(
+            handle_file(str(huge)), "cat", "(type labels)", "none (label only)", api_name="/classify"
+        )
     # The server enforces it too, whatever the client does.
-    response = httpx.post(demo_server.url + "gradio_api/upload", files={"files": ("huge.png", huge.read_bytes(), "image/png")})
+    response = httpx.post(
+        demo_server.url + "gradio_api/upload", files={"files": ("huge.png", huge.read_bytes(), "image/png")}
+    )
     assert response.status_code == 413
 
 
@@ -369,9 +397,15 @@ def test_concurrent_users_are_batched_and_get_their_own_results(demo_server):
 
 
 def test_queue_allows_parallel_handlers(demo_server):
-    fns = [fn for fn in demo_server.demo.fns.values() if fn.api_name in {"classify", "text_to_image", "image_to_text", "composed"}]
+    fns = [
+        fn
+        for fn in demo_server.demo.fns.values()
+        if fn.api_name in {"classify", "text_to_image", "image_to_text", "composed"}
+    ]
     assert len(fns) == 4
-    assert all(fn.concurrency_limit is None or fn.concurrency_limit == "default" or fn.concurrency_limit >= 2 for fn in fns)
+    assert all(
+        fn.concurrency_limit is None or fn.concurrency_limit == "default" or fn.concurrency_limit >= 2 for fn in fns
+    )
     assert demo_server.demo._queue.default_concurrency_limit == 4
 
 
@@ -441,7 +475,10 @@ def test_default_demo_indexes_the_synthetic_gallery_and_reuses_it(tmp_path, monk
     from align_hf import AlignModel
     from align_hf.search import check_model, model_signature
 
-    check_model(CrossModalIndex.load(index_dir).signature, model_signature(AlignModel.from_pretrained(model_dir), tiny_processor()))
+    check_model(
+        CrossModalIndex.load(index_dir).signature,
+        model_signature(AlignModel.from_pretrained(model_dir), tiny_processor()),
+    )
 
 
 def test_cli_launch_uses_safe_defaults(demo_server, tmp_path, monkeypatch):
@@ -498,7 +535,11 @@ def test_space_files_are_complete():
     cfg.read(REPO / "setup.cfg")
 
     def names(lines):
-        return {re.split(r"[<>=!~\[; ]", line.strip(), 1)[0].lower().replace("_", "-") for line in lines if line.strip() and not line.strip().startswith("#")}
+        return {
+            re.split(r"[<>=!~\[; ]", line.strip(), maxsplit=1)[0].lower().replace("_", "-")
+            for line in lines
+            if line.strip() and not line.strip().startswith("#")
+        }
 
     needed = names(cfg["options"]["install_requires"].splitlines())
     listed = names((demo_dir / "requirements.txt").read_text(encoding="utf-8").splitlines())
