@@ -220,13 +220,8 @@ def encode_texts(
     chunks = []
     for batch in tqdm(list(_batched(texts, batch_size)), desc="encode texts", disable=not progress, unit="batch"):
         enc = processor(text=batch, return_tensors="pt", padding=True, truncation=True)
-        emb = model.encode_text(
-            enc["input_ids"].to(device),
-            attention_mask=enc.get("attention_mask").to(device) if "attention_mask" in enc else None,
-            token_type_ids=enc.get("token_type_ids").to(device) if "token_type_ids" in enc else None,
-            normalize=True,
-        )
-        chunks.append(emb.float().cpu())
+        inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        chunks.append(model.encode_text(**inputs, normalize=True).float().cpu())
     return torch.cat(chunks)
 
 
@@ -234,7 +229,7 @@ def encode_texts(
 def encode_pil_images(model: torch.nn.Module, processor: Any, images: Sequence[Image.Image]) -> torch.Tensor:
     """Embed one batch of already opened images; returns ``(B, D)`` float32 normalised, on CPU."""
     pixel_values = processor(images=list(images), return_tensors="pt")["pixel_values"]
-    param = next(model.parameters())
+    param = next(model.parameters())  # inputs follow the model's device and dtype (fp16/bf16 models)
     emb = model.encode_image(pixel_values.to(device=param.device, dtype=param.dtype), normalize=True)
     return emb.float().cpu()
 
@@ -372,12 +367,15 @@ def evaluate_zero_shot(
         limit: evaluate at most this many rows.
         cache_dir: where to cache the class embeddings (see :class:`ZeroShotClassifier`).
 
+    The model is put in eval mode.
+
     Returns:
         :func:`classification_metrics` plus ``"skipped"``: rows left out because the image could
         not be read or the label was missing or unknown.
     """
     from .zero_shot import ZeroShotClassifier
 
+    model.eval()
     classifier = ZeroShotClassifier(
         model, processor, class_names, templates, cache_dir=cache_dir, progress=progress
     )
@@ -439,6 +437,7 @@ def evaluate_retrieval(
         :func:`retrieval_metrics` plus ``"skipped"``: rows left out because the image could not be
         read or no caption was given.
     """
+    model.eval()
     captions: list[list[str]] = []
     no_caption = 0
 

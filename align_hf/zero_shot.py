@@ -132,7 +132,7 @@ class ZeroShotClassifier:
         self,
         model: torch.nn.Module,
         processor: Any,
-        class_names: Sequence[str],
+        class_names: str | os.PathLike | Sequence[str],
         templates: str | os.PathLike | Sequence[str] = "imagenet",
         batch_size: int = 256,
         cache_dir: str | os.PathLike | None = None,
@@ -140,9 +140,7 @@ class ZeroShotClassifier:
     ) -> None:
         self.model = model
         self.processor = processor
-        self.class_names = load_class_names(class_names) if isinstance(class_names, (str, os.PathLike)) else list(class_names)
-        if not self.class_names:
-            raise ValueError("no class names given")
+        self.class_names = load_class_names(class_names)
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError("class names must be unique")
         self.templates = load_templates(templates)
