@@ -131,6 +131,7 @@ class ImageTextPairs(torch.utils.data.IterableDataset):
         if shuffle_buffer > 0:
             pairs = pairs.shuffle(seed=seed, buffer_size=shuffle_buffer)
         self.pairs = pairs
+        self.rank = rank
         self.transform = transform
         self.filter = filter
         self.limits = limits
@@ -158,9 +159,11 @@ class ImageTextPairs(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker = torch.utils.data.get_worker_info()
         worker_id = worker.id if worker is not None else 0
+        # Distinct augmentation / caption-choice streams per epoch, rank and worker.
+        stream = (self.epoch * 4096 + self.rank) * 256 + worker_id
         if hasattr(self.transform, "reseed"):
-            self.transform.reseed(1000 * self.epoch + worker_id)
-        caption_rng = random.Random(hash((self.seed, self.epoch, worker_id)))
+            self.transform.reseed(stream)
+        caption_rng = random.Random(self.seed * 1_000_003 + stream)
         draft = self._draft_size()
         pending: Counter = Counter()
 
@@ -232,7 +235,6 @@ class ImageTextLoader:
         drop_last: bool = True,
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
-        persistent_workers: bool = False,
     ):
         if dataset.transform is None:
             raise ValueError("ImageTextLoader needs a dataset with a transform (it batches pixel_values)")
@@ -248,10 +250,10 @@ class ImageTextLoader:
         self.drop_last = drop_last
         self.stats = DataStats()
         kwargs: dict[str, Any] = {}
-        if num_workers > 0:
-            kwargs["persistent_workers"] = persistent_workers
-            if prefetch_factor is not None:
-                kwargs["prefetch_factor"] = prefetch_factor
+        # No persistent workers: they keep their own copy of the dataset, so set_epoch (the
+        # new shuffle order) would never reach them.
+        if num_workers > 0 and prefetch_factor is not None:
+            kwargs["prefetch_factor"] = prefetch_factor
         self.loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=batch_size,
