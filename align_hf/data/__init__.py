@@ -36,6 +36,7 @@ from .synthetic import (
     SyntheticSample,
     class_names,
     load_manifest,
+    read_split,
     unseen_combinations,
     write_synthetic_corpus,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "iter_shard",
     "load_manifest",
     "load_pairs",
+    "read_split",
     "make_tokenizer",
     "save_vocab",
     "unigrams",

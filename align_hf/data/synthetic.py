@@ -580,3 +580,23 @@ def load_manifest(corpus_dir: str | os.PathLike) -> dict[str, Any]:
     """Read ``manifest.json`` of a written corpus; ``SyntheticCorpus(SyntheticConfig.from_dict(m["config"]))`` rebuilds it."""
     with open(os.path.join(os.fspath(corpus_dir), "manifest.json"), encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def read_split(corpus_dir: str | os.PathLike, split: str) -> list[SyntheticSample]:
+    """Load one written split back as :class:`SyntheticSample` s (decoded images, captions, metadata).
+
+    Evaluation convenience: the zero-shot labels are ``meta["label"]`` / ``meta["label_index"]``
+    (``meta["unseen"]`` marks combinations absent from training); retrieval captions are
+    ``caption`` (and ``meta["captions"]``).
+    """
+    from .decoding import clean_caption, decode_image, image_bytes
+    from .sources import load_pairs
+
+    samples = []
+    for record in load_pairs(os.path.join(os.fspath(corpus_dir), split)):
+        decoded = decode_image(image_bytes(record["image"]))
+        caption, _ = clean_caption(record["text"])
+        if decoded.image is None or caption is None:
+            raise ValueError(f"{record['key']} in {corpus_dir}/{split} is unreadable: {decoded.reason}")
+        samples.append(SyntheticSample(record["key"], decoded.image, caption, json.loads(record["meta"])))
+    return samples

@@ -19,6 +19,7 @@ from align_hf.data import (
     load_manifest,
     load_pairs,
     make_tokenizer,
+    read_split,
     unigrams,
     write_synthetic_corpus,
 )
@@ -175,6 +176,12 @@ def test_written_shards_load_through_load_pairs(tmp_path):
         assert json.loads(record["meta"]) == sample.meta
     images = [s["image"] for s in ImageTextPairs(load_pairs(str(tmp_path / "zeroshot")))]
     assert len(images) == 48 and images[0].size == (64, 64)
+    retrieval = read_split(tmp_path, "retrieval")
+    assert [s.caption for s in retrieval] == [corpus.sample("retrieval", i).caption for i in range(7)]
+    assert retrieval[3].meta == corpus.sample("retrieval", 3).meta
+    # JPEG at quality 92: close to the rendered pixels.
+    diff = np.abs(np.asarray(retrieval[3].image, dtype=int) - np.asarray(corpus.sample("retrieval", 3).image, dtype=int))
+    assert diff.mean() < 4
     vocab = (tmp_path / "vocab.txt").read_text().split("\n")[:-1]
     assert vocab == corpus.vocab()
 
