@@ -115,7 +115,7 @@ def config_to_hf(config: AlignConfig) -> dict[str, Any]:
     if config.text_config.text_model_type != "bert":
         raise ValueError("transformers' ALIGN has a BERT text tower only")
     width, depth = EFFICIENTNET_SCALES[match.group(1)]
-    last_width = _round_filters(320, width)
+    last_width = round_filters(320, width)
     vision_dict = dict(
         _BASE_STAGES,
         num_channels=vision.num_channels,
@@ -143,7 +143,8 @@ def config_to_hf(config: AlignConfig) -> dict[str, Any]:
     )
 
 
-def _round_filters(channels: int, width: float, divisor: int = 8) -> int:
+def round_filters(channels: float, width: float, divisor: int = 8) -> int:
+    """EfficientNet's channel rounding: ``channels * width`` to a multiple of ``divisor``, at most 10% down."""
     channels *= width
     new = max(divisor, int(channels + divisor / 2) // divisor * divisor)
     if new < 0.9 * channels:

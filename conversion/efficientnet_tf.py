@@ -19,7 +19,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from align_hf.convert_hf import EFFICIENTNET_SCALES
+from align_hf.convert_hf import EFFICIENTNET_SCALES, round_filters
 
 from conversion.tf_layouts import ConversionError, Mapping, conv_kernel, depthwise_kernel, vector
 
@@ -44,14 +44,6 @@ class EffVar:
     layer: str  # stem_conv, stem_bn, head_conv, head_bn, head_dense, or a block layer (TIMM_EXPANDED keys)
     leaf: str  # kernel, depthwise_kernel, bias, gamma, beta, moving_mean, moving_variance
     block: tuple[int, int] | None = None  # (stage, index in stage); tensorflow/tpu names give (-1, flat index)
-
-
-def round_filters(channels: float, width: float, divisor: int = 8) -> int:
-    channels *= width
-    new = max(divisor, int(channels + divisor / 2) // divisor * divisor)
-    if new < 0.9 * channels:
-        new += divisor
-    return int(new)
 
 
 def variant_blocks(width: float, depth: float) -> list[tuple[int, int, int, int, bool]]:
