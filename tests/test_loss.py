@@ -152,18 +152,18 @@ def test_autocast_does_not_downcast_the_loss():
 def test_head_parameters_and_defaults():
     soft = AlignContrastiveHead()
     assert list(soft.state_dict()) == ["temperature"]
-    assert soft.temperature.shape == () and float(soft.temperature) == 1.0
+    assert soft.temperature.shape == () and float(soft.temperature.detach()) == 1.0
     assert soft.temperature.requires_grad
     sig = AlignContrastiveHead(loss_type="sigmoid")
     assert list(sig.state_dict()) == ["temperature", "bias"]
-    assert float(sig.temperature) == pytest.approx(0.1) and float(sig.bias) == -10.0
+    assert float(sig.temperature.detach()) == pytest.approx(0.1) and float(sig.bias.detach()) == -10.0
     frozen = AlignContrastiveHead(learnable_temperature=False, temperature_init=0.05)
     assert not frozen.temperature.requires_grad
     with torch.no_grad():
         sig.temperature.fill_(3.0)
         sig.bias.fill_(1.0)
     sig.reset_parameters()
-    assert float(sig.temperature) == pytest.approx(0.1) and float(sig.bias) == -10.0
+    assert float(sig.temperature.detach()) == pytest.approx(0.1) and float(sig.bias.detach()) == -10.0
 
 
 @pytest.mark.parametrize("loss_type", ["softmax", "sigmoid"])
