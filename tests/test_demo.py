@@ -448,9 +448,9 @@ def test_default_demo_indexes_the_synthetic_gallery_and_reuses_it(tmp_path, monk
     model_dir = tmp_path / "outputs" / "quickstart" / "model"
     tiny_model(seed=3).save_pretrained(model_dir)
     tiny_processor().save_pretrained(model_dir)
-    # The quickstart's corpus manifest decides the gallery's rendering settings.
+    # The quickstart writes its corpus to outputs/quickstart/corpus; its manifest sets the gallery rendering.
     config = SyntheticConfig(image_size=48, num_train=0, zeroshot_per_class=1, num_retrieval=12, seed=5)
-    write_synthetic_corpus(tmp_path / "outputs" / "quickstart" / "data", config, progress=False, splits=["retrieval"])
+    write_synthetic_corpus(tmp_path / "outputs" / "quickstart" / "corpus", config, progress=False, splits=["retrieval"])
 
     assert main(["demo", "--check", "--gallery-size", "6", "--no-progress"]) == 0
     out = capsys.readouterr().out
