@@ -17,6 +17,7 @@ COMMAND_MODULES: list[str] = [
     "align_hf.eval_cli",
     "align_hf.search_cli",
     "align_hf.demo_cli",
+    "align_hf.train_cli",
 ]
 
 

@@ -66,3 +66,23 @@ def demo_server(tmp_path_factory):
         client.close() if hasattr(client, "close") else None
         demo.close()
         backend.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Training (issue 5): a tiny synthetic corpus written as webdataset shards
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def train_corpus(tmp_path_factory):
+    """A 32 px synthetic corpus: 64 training pairs in 2 shards, 9 classes (3 colours x 3 shapes, 3
+    unseen in training), 9 zero-shot images and 12 retrieval images. Returns the corpus folder."""
+    from align_hf.data import SyntheticConfig, write_synthetic_corpus
+
+    root = tmp_path_factory.mktemp("train_corpus")
+    config = SyntheticConfig(
+        image_size=32, num_train=64, zeroshot_per_class=1, num_retrieval=12, shard_size=32,
+        colours=("red", "green", "blue"), shapes=("circle", "square", "star"), seed=0,
+    )
+    write_synthetic_corpus(root, config, num_workers=1, progress=False)
+    return root
