@@ -423,8 +423,8 @@ def embed_resumable(
             bar.update(len(span))
     if resumed:
         logger.info("%s: resumed %d of %d %ss from %s", name, resumed, count, name, work_dir)
-    dims = {e.shape[1] for e in embeddings if e.size}
-    out = np.concatenate([e for e in embeddings if e.size]) if dims else np.zeros((0, 0), np.float32)
+    nonempty = [e for e in embeddings if e.size]  # a chunk of only unreadable images embeds nothing
+    out = np.concatenate(nonempty) if nonempty else np.zeros((0, 0), np.float32)
     return out, kept, skipped
 
 
@@ -561,9 +561,11 @@ class CrossModalIndex:
                 enc = encode_images(model, processor, span, batch_size=batch_size, progress=False, loader=fetch)
                 return enc.embeddings.numpy(), [span[k] for k in enc.kept], [(span[k], r) for k, r in enc.skipped]
 
-            ids = [images[i] if isinstance(images[i], str) else f"#{i}" for i in range(count)] if not is_table else [
-                str(getattr(images, "_fingerprint", "")), str(count)
-            ]
+            # What the chunks on disk must belong to for a rerun to reuse them.
+            if is_table:
+                ids = [str(getattr(images, "_fingerprint", "")), str(count)]
+            else:
+                ids = [str(x) if isinstance(x, (str, os.PathLike)) else f"#{i}" for i, x in enumerate(images)]
             emb, kept, skipped = embed_resumable(
                 count, embed_image_chunk, work_dir, "image", {"items": _digest(ids), "model": model_key},
                 chunk_size=chunk_size, progress=progress,
