@@ -381,16 +381,18 @@ def test_concurrent_users_are_batched_and_get_their_own_results(demo_server):
     batcher.fn = gated
     try:
         jobs = [s.client.submit(q, 3, api_name="/text_to_image") for q in queries]
+        # Wait until every request is either in the held batch or queued behind it.
         deadline = time.monotonic() + 30
-        while batcher.pending() < len(queries) - 1 and time.monotonic() < deadline:
+        while (not seen or seen[0] + batcher.pending() < len(queries)) and time.monotonic() < deadline:
             time.sleep(0.01)
         release.set()
         together = [gallery_entries(job.result(timeout=60)) for job in jobs]
     finally:
         release.set()
         batcher.fn = original
-    # Gradio ran the handlers in parallel (concurrency 4), and the three waiting texts went in one pass.
-    assert seen[0] == 1 and max(seen[1:]) == len(queries) - 1
+    # Gradio ran the handlers in parallel (concurrency 4): all four texts reached the model while the
+    # first pass was held, and those that queued went together in one pass.
+    assert sum(seen) == len(queries) and len(seen) <= 2 and max(seen) >= 2
     for a, b in zip(alone, together):
         assert [x[1] for x in a] == [x[1] for x in b]
         np.testing.assert_allclose([x[0] for x in a], [x[0] for x in b], atol=1e-3)
