@@ -121,6 +121,7 @@ def build_model_and_processor(model_args: ModelArguments, vocab_file: str | None
         model = AlignModel.from_pretrained(model_args.model, allow_pickle=model_args.allow_pickle)
         processor = AlignProcessor.from_pretrained(model_args.processor or model_args.model)
         return model.train(), processor
+    processor = None
     if model_args.processor:
         processor = AlignProcessor.from_pretrained(model_args.processor)
         tokenizer = processor.tokenizer
@@ -128,7 +129,6 @@ def build_model_and_processor(model_args: ModelArguments, vocab_file: str | None
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer)
-        processor = None
     else:
         vocab_path = model_args.vocab or vocab_file
         if vocab_path is None:
