@@ -34,12 +34,13 @@ def load_model_and_processor(name: str, device: str | None = None, dtype: str = 
     return model, processor
 
 
-def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+def add_model_args(parser: argparse.ArgumentParser, required: bool = True, batched: bool = True) -> None:
     parser.add_argument("--model", required=required, help="align_hf / transformers ALIGN folder or Hub id")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default: float32)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if batched:
+        parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def find_manifest(source: str) -> dict[str, Any] | None:

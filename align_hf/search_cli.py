@@ -168,11 +168,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "search",
         help="query an index with text, an image, or both",
         description="text->image, image->text, image->image and image+text search. "
-        "Composed queries add weighted unit embeddings (image x1 + text x2 by default) and renormalise.",
+        "Composed queries add weighted unit embeddings (image x1 + text x2 by default) and renormalise. "
+        "--model defaults to the model recorded in the index.",
     )
     query.add_argument("--index", required=True, help="index directory from 'align-hf index build'")
-    add_model_args(query, required=False)
-    query.set_defaults(batch_size=1)
+    add_model_args(query, required=False, batched=False)
     query.add_argument("--text", action="append", help="text to add to the query (repeatable)")
     query.add_argument("--minus", action="append", help="text to subtract from the query (repeatable)")
     query.add_argument("--image", help="query image file")
