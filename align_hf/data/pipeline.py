@@ -34,6 +34,7 @@ KEPT = "kept"
 SKIP_PREFIX = "skipped/"
 FILTER_PREFIX = "filtered/"
 INCOMPLETE_BATCH = "incomplete_batch"
+TRANSFORM_ERROR = "transform_error"
 
 
 @dataclass
@@ -200,7 +201,12 @@ class ImageTextPairs(torch.utils.data.IterableDataset):
                     continue
             sample: dict[str, Any] = {"text": text, "key": record.get("key")}
             if self.transform is not None:
-                sample["pixel_values"] = self.transform(decoded.image)
+                try:
+                    sample["pixel_values"] = self.transform(decoded.image)
+                except Exception as error:  # noqa: BLE001 - a user transform failing on one image
+                    logger.debug("transform failed on %s: %r", record.get("key"), error)
+                    skip(SKIP_PREFIX + TRANSFORM_ERROR)
+                    continue
                 if self.flip_swap and getattr(self.transform, "last_flipped", False):
                     sample["text"] = swap_words(text, self.flip_swap)
             else:
@@ -224,6 +230,10 @@ class ImageTextLoader:
     :class:`~align_hf.data.transforms.ImageTextCollator`). ``stats`` accumulates, across all
     workers and epochs, what was read, kept, skipped and filtered. With ``drop_last`` every
     batch has exactly ``batch_size`` samples (needed for the distributed loss).
+
+    Ranks can end up with different numbers of batches (shards differ in how many samples
+    survive decoding and filtering); a distributed job should set ``max_batches`` to a count
+    every rank reaches, e.g. ``0.95 * samples_per_rank // batch_size``, so no rank waits forever.
     """
 
     def __init__(
@@ -235,6 +245,7 @@ class ImageTextLoader:
         drop_last: bool = True,
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
+        max_batches: int | None = None,
     ):
         if dataset.transform is None:
             raise ValueError("ImageTextLoader needs a dataset with a transform (it batches pixel_values)")
@@ -248,6 +259,7 @@ class ImageTextLoader:
         self.dataset = dataset
         self.batch_size = batch_size
         self.drop_last = drop_last
+        self.max_batches = max_batches
         self.stats = DataStats()
         kwargs: dict[str, Any] = {}
         # No persistent workers: they keep their own copy of the dataset, so set_epoch (the
@@ -268,7 +280,10 @@ class ImageTextLoader:
         self.dataset.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        yielded = 0
         for batch in self.loader:
+            if self.max_batches is not None and yielded >= self.max_batches:
+                break  # leaving the loop shuts the workers down
             self.stats.update(batch.pop(STATS_KEY, {}))
             if "pixel_values" not in batch:
                 continue
@@ -276,6 +291,7 @@ class ImageTextLoader:
                 # Counted so that kept == samples actually trained on + this.
                 self.stats.skipped[INCOMPLETE_BATCH] += batch["pixel_values"].shape[0]
                 continue
+            yielded += 1
             yield batch
         logger.info("data: %s", self.stats.summary())
 

@@ -62,6 +62,21 @@ def test_drop_last_gives_full_batches_and_counts_the_rest(tmp_path):
     loader = ImageTextLoader(ImageTextPairs(load_pairs(str(tmp_path)), ImageTransform(16)), ImageTextCollator(tiny_tokenizer()), batch_size=3)
     assert [b["pixel_values"].shape[0] for b in loader] == [3, 3]
     assert loader.stats.skipped["incomplete_batch"] == 1
+    loader.max_batches = 1
+    assert len(list(loader)) == 1
+
+
+def test_failing_transform_is_skipped_and_counted(tmp_path):
+    write_samples(str(tmp_path), good_samples(4), per_shard=4)
+
+    def picky(image):
+        if image.getpixel((0, 0))[0] % 2:
+            raise RuntimeError("odd pixel")
+        return torch.zeros(3, 2, 2)
+
+    dataset = ImageTextPairs(load_pairs(str(tmp_path)), picky)
+    kept = list(dataset)
+    assert len(kept) + dataset.stats.skipped["transform_error"] == 4 and dataset.stats.skipped["transform_error"] > 0
 
 
 def keys_read(pairs, rank: int, world_size: int, num_workers: int) -> list[str]:
