@@ -3,7 +3,7 @@
 Each size runs every index type on the same vectors and the same queries; recall@10 is measured
 against exact (flat) search and the last column is the p50 speed-up over flat.
 
-    python benchmarks/bench_search.py                                   # 100k and 1M, clustered
+    python benchmarks/bench_search.py --threads 1                       # 100k and 1M, clustered
     python benchmarks/bench_search.py --sizes 100000 --data isotropic    # the worst case
     python benchmarks/bench_search.py --sizes 20000 --queries 200        # a quick look
 
@@ -148,7 +148,7 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=1000, help="queries for recall and latency (default: 1000)")
     parser.add_argument("--flat-latency-queries", type=int, default=100, help="queries timed one by one for flat")
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--ef-search", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--ef-search", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--threads", type=int, help="FAISS OpenMP threads (default: all cores)")
     parser.add_argument("--json", help="also write the rows here")
