@@ -580,12 +580,14 @@ class AlignModel(AlignPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        return_logits: bool = True,
         **kwargs,
     ) -> AlignOutput | tuple:
         """Embed texts ``(T, L)`` and images ``(I, C, H, W)``; logits are ``(I, T)`` and ``(T, I)``.
 
         With ``return_loss=True`` (needs ``I == T``, pairs on the diagonal) the contrastive loss of
-        the configured head is returned, over the global batch when running distributed.
+        the configured head is returned, over the global batch when running distributed. The loss
+        never materialises the logits; pass ``return_logits=False`` to skip them too (large batches).
         """
         vision_outputs = self.get_image_features(pixel_values=pixel_values, output_hidden_states=output_hidden_states)
         text_outputs = self.get_text_features(
@@ -600,8 +602,10 @@ class AlignModel(AlignPreTrainedModel):
         image_embeds = l2_normalize(vision_outputs.pooler_output)
         text_embeds = l2_normalize(text_outputs.pooler_output)
         head = self.contrastive_head
-        logits_per_image = head.logits(image_embeds, text_embeds)
-        logits_per_text = logits_per_image.t()
+        logits_per_image = logits_per_text = None
+        if return_logits:
+            logits_per_image = head.logits(image_embeds, text_embeds)
+            logits_per_text = logits_per_image.t()
 
         loss = i2t_acc = t2i_acc = None
         if return_loss:

@@ -222,3 +222,12 @@ def test_for_inference_folds_batchnorm_without_changing_outputs():
         fast.train()
     # The original is untouched and still trainable.
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.vision_model.modules())
+
+
+def test_loss_without_logits_is_the_same_loss():
+    model = tiny_model(seed=8)
+    pixels, ids = torch.rand(4, 3, 64, 64), torch.randint(5, 1000, (4, 9))
+    full = model(input_ids=ids, pixel_values=pixels, return_loss=True)
+    lean = model(input_ids=ids, pixel_values=pixels, return_loss=True, return_logits=False)
+    assert lean.logits_per_image is None and lean.logits_per_text is None
+    torch.testing.assert_close(lean.loss, full.loss)
