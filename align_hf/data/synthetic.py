@@ -83,6 +83,8 @@ ZERO_SHOT_TEMPLATES = (
     "an image showing the {}.",
 )
 
+# Web alt-text framings around a description (none is a zero-shot template).
+FRAMES = ("photo of {}", "picture of {}", "image of {}", "drawing of {}", "{} - stock photo", "{}, digital drawing", "{} picture")
 BOILERPLATE = (
     "click here to view the full size image",
     "image may contain: shape and graphic",
@@ -109,6 +111,7 @@ FILENAME_WORDS = ("img", "jpg", "jpeg", "png", "webp", "dsc", "photo", "image", 
 CAPTION_WORDS = (
     "a", "an", "and", "on", "in", "at", "the", "of", "with", "background", "illustration", "clip", "art", "icon",
     "graphic", "shapes", "shape", "group", "corner", "side", "middle", "something", "thing", "object", "colored",
+    "photo", "picture", "image", "drawing", "stock", "digital",
 )
 
 
@@ -154,6 +157,8 @@ class SyntheticConfig:
         noise_weights: relative frequency of each noise kind (see module docstring).
         scene_weights: relative frequency of one object / two objects / a group of 2-4 alike.
         background_in_caption: probability a clean training caption mentions the background.
+        framing: probability a clean training caption is framed like web alt-text
+            ("photo of ...", "... - stock photo"); see :data:`FRAMES`.
         zeroshot_sizes: object sizes used in the zero-shot split.
         colours / shapes: subsets of the available palette and shapes.
         num_unseen: combinations withheld from training (default: one per colour).
@@ -169,6 +174,7 @@ class SyntheticConfig:
     noise_weights: dict = field(default_factory=lambda: {"unrelated": 0.25, "filename": 0.2, "partial": 0.2, "wrong": 0.2, "boilerplate": 0.15})
     scene_weights: dict = field(default_factory=lambda: {"single": 0.45, "pair": 0.35, "group": 0.2})
     background_in_caption: float = 0.6
+    framing: float = 0.3
     zeroshot_sizes: tuple = ("medium", "large")
     colours: tuple = COLOURS
     shapes: tuple = SHAPES
@@ -347,7 +353,19 @@ class SyntheticCorpus:
         return self._fit(f"{long}, {self._background_phrase(scene, short=True)}", f"{short}, {self._background_phrase(scene, short=True)}")
 
     def _clean_caption(self, scene: dict[str, Any], rng: np.random.Generator) -> str:
-        """One of several alt-text styles describing the scene correctly (details may be omitted)."""
+        """One of several alt-text styles describing the scene correctly (details may be omitted).
+
+        A share of them is framed the way web alt-text often is ("photo of ...", "... - stock
+        photo"): the framing words then carry no visual content, which is what lets prompt
+        templates with such words work for zero-shot classification.
+        """
+        text = self._plain_caption(scene, rng)
+        if rng.random() < self.config.framing and not text.startswith("illustration of"):
+            frame = FRAMES[int(rng.integers(len(FRAMES)))]
+            text = self._fit(frame.format(text), text)
+        return text
+
+    def _plain_caption(self, scene: dict[str, Any], rng: np.random.Generator) -> str:
         objects = scene["objects"]
         with_background = rng.random() < self.config.background_in_caption
         background = f" {self._background_phrase(scene)}" if with_background else ""

@@ -126,6 +126,8 @@ def test_noise_share_and_kinds():
             described = {(c, sh) for c in CORPUS.config.colours for sh in CORPUS.config.shapes if re.search(rf"\b{c} ({sh}|{PLURALS[sh]})\b", s.caption)}
             actual = {(o["colour"], o["shape"]) for o in s.meta["objects"]}
             assert described != actual
+    framed = [s for s in TRAIN if s.meta["noise"] is None and re.match(r"(photo|picture|image|drawing) of ", s.caption)]
+    assert 0.05 * len(TRAIN) < len(framed) < 0.35 * len(TRAIN)
     quiet = SyntheticCorpus(SyntheticConfig(noise=0.0))
     assert all(quiet.sample("train", i).meta["noise"] is None for i in range(100))
 
