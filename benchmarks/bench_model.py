@@ -70,10 +70,10 @@ def main() -> None:
 
     reference, ours = build_pair(args.image_size)
     pixels, ids, mask = make_batch(args.batch, args.image_size)
-    # channels_last lets oneDNN run the depthwise/pointwise convolutions without layout copies.
-    ours = ours.to(memory_format=torch.channels_last)
+    # Folded BatchNorm + channels_last: oneDNN then runs the convolutions without layout copies.
+    # (channels_last alone, with BatchNorm still separate, measured no faster here.)
+    fast = ours.for_inference(channels_last=True)
     pixels_cl = pixels.contiguous(memory_format=torch.channels_last)
-    fast = ours.for_inference()  # BatchNorm folded into the convolutions
 
     def image_embed(model, px):
         def run():
@@ -104,23 +104,23 @@ def main() -> None:
         return run
 
     cases = [
-        ("image embedding (images/s)", image_embed(reference, pixels), image_embed(ours, pixels_cl)),
+        ("image embedding (images/s)", image_embed(reference, pixels), image_embed(ours, pixels)),
         ("image embedding, for_inference() (images/s)", image_embed(reference, pixels), image_embed(fast, pixels_cl)),
         ("text embedding (texts/s)", text_embed(reference), text_embed(ours)),
-        ("training step, AdamW fp32 (pairs/s)", train_step(reference, pixels), train_step(ours, pixels_cl)),
+        ("training step, AdamW fp32 (pairs/s)", train_step(reference, pixels), train_step(ours, pixels)),
     ]
     if args.compile:
         _, compiled = build_pair(args.image_size)
-        compiled = compiled.to(memory_format=torch.channels_last).compile_towers()
+        compiled = compiled.compile_towers()
         start = time.perf_counter()
-        image_embed(compiled, pixels_cl)()
+        image_embed(compiled, pixels)()
         text_embed(compiled)()
-        train_step(compiled, pixels_cl)()
+        train_step(compiled, pixels)()
         print(f"torch.compile of both towers (forward + backward) took {time.perf_counter() - start:.0f} s, not counted below")
         cases += [
-            ("image embedding, compiled (images/s)", image_embed(reference, pixels), image_embed(compiled, pixels_cl)),
+            ("image embedding, compiled (images/s)", image_embed(reference, pixels), image_embed(compiled, pixels)),
             ("text embedding, compiled (texts/s)", text_embed(reference), text_embed(compiled)),
-            ("training step, compiled (pairs/s)", train_step(reference, pixels), train_step(compiled, pixels_cl)),
+            ("training step, compiled (pairs/s)", train_step(reference, pixels), train_step(compiled, pixels)),
         ]
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
           f"batch {args.batch}, {args.image_size}px, B0 + BERT 4x256")
