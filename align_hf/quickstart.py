@@ -28,19 +28,25 @@ logger = logging.getLogger(__name__)
 class QuickstartRecipe:
     """Everything the quickstart trains with; the defaults are the tuned recipe."""
 
-    image_size: int = 48
+    image_size: int = 64
     num_train: int = 20000
-    steps: int = 600
+    steps: int = 1000
     batch_size: int = 128
     learning_rate: float = 2e-3
-    warmup: float = 0.05
-    weight_decay: float = 1e-5
-    optimizer: str = "lamb"
+    warmup: float = 0.1
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
     temperature_init: float = 0.07
     label_smoothing: float = 0.1
     text_layers: int = 2
+    text_init_range: float = 0.02
+    learnable_temperature: bool = True
+    # Extra timm arguments of the image tower (e.g. channel_multiplier), as a JSON object.
+    vision_timm_kwargs: str = "{}"
     filter: str = "small"
     seed: int = 0
+    # SyntheticConfig fields that differ from the data module's defaults (as a JSON object).
+    corpus: str = "{}"
 
 
 def add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,15 +60,42 @@ def add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-train", type=int, default=recipe.num_train, help=f"training pairs to generate (default: {recipe.num_train})")
     parser.add_argument("--seed", type=int, default=recipe.seed)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes writing the corpus")
+    parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (default: only at the end)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a field of the recipe (QuickstartRecipe), e.g. --set learning_rate=1e-3")
 
 
-def corpus_config(recipe: QuickstartRecipe, noise: float, image_size: int | None = None):
+def corpus_config(recipe: QuickstartRecipe, noise: float):
     from .data import SyntheticConfig
 
-    return SyntheticConfig(image_size=image_size or 64, num_train=recipe.num_train, noise=noise, seed=recipe.seed,
-                           shard_size=1000, zeroshot_per_class=10, num_retrieval=1000)
+    values = dict(image_size=64, num_train=recipe.num_train, noise=noise, seed=recipe.seed, shard_size=1000,
+                  zeroshot_per_class=10, num_retrieval=1000)
+    values.update(json.loads(recipe.corpus))
+    return SyntheticConfig.from_dict(values)
+
+
+def apply_overrides(recipe: QuickstartRecipe, assignments: list[str]) -> QuickstartRecipe:
+    """``["learning_rate=1e-3", ...]`` applied to ``recipe`` (values parsed as the field's type)."""
+    import dataclasses
+
+    types = {f.name: f.type for f in dataclasses.fields(recipe)}
+    changes: dict[str, Any] = {}
+    for assignment in assignments:
+        name, sep, value = assignment.partition("=")
+        if not sep or name not in types:
+            raise SystemExit(f"--set {assignment!r}: expected FIELD=VALUE with FIELD one of {sorted(types)}")
+        kind = types[name]
+        if kind in ("bool", bool):
+            changes[name] = value.lower() in ("1", "true", "yes")
+        elif kind in ("int", int):
+            changes[name] = int(value)
+        elif kind in ("float", float):
+            changes[name] = float(value)
+        else:
+            changes[name] = value
+    return dataclasses.replace(recipe, **changes)
 
 
 def ensure_corpus(directory: str, config, workers: int, progress: bool) -> dict[str, Any]:
@@ -84,6 +117,7 @@ def train_on_corpus(
     recipe: QuickstartRecipe,
     progress: bool = True,
     log_every: int = 50,
+    eval_every: int = 0,
 ) -> tuple[Any, dict[str, float], float]:
     """Pretrain the tiny preset on a synthetic corpus and evaluate; returns ``(trainer, metrics, train_seconds)``."""
     from transformers import set_seed
@@ -99,7 +133,12 @@ def train_on_corpus(
     from .data import load_manifest
 
     manifest = load_manifest(corpus)
-    overrides = {"label_smoothing": recipe.label_smoothing, "text_config": {"num_hidden_layers": recipe.text_layers}}
+    overrides = {
+        "label_smoothing": recipe.label_smoothing,
+        "learnable_temperature": recipe.learnable_temperature,
+        "text_config": {"num_hidden_layers": recipe.text_layers, "initializer_range": recipe.text_init_range},
+        "vision_config": {"timm_kwargs": json.loads(recipe.vision_timm_kwargs)},
+    }
     model, processor = build_model_and_processor(
         ModelArguments(model="tiny", image_size=recipe.image_size, temperature_init=recipe.temperature_init,
                        config_overrides=json.dumps(overrides)),
@@ -122,8 +161,10 @@ def train_on_corpus(
         optimizer=recipe.optimizer,
         logging_steps=log_every,
         save_strategy="no",
-        eval_strategy="no",
+        eval_strategy="steps" if eval_every else "no",
+        eval_steps=eval_every or None,
         eval_on_end=True,
+        channels_last=True,
         seed=recipe.seed,
         use_cpu=True,
         disable_tqdm=not progress,
@@ -184,6 +225,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     recipe = dataclasses.replace(QuickstartRecipe(), steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                                  num_train=args.num_train, filter=args.filter)
+    recipe = apply_overrides(recipe, args.set)
     out = args.output_dir
     corpus_dir = os.path.join(out, "corpus")
     print(f"[1/4] synthetic corpus ({recipe.num_train} training pairs, {args.noise:.0%} noisy captions) -> {corpus_dir}")
@@ -192,7 +234,8 @@ def run_quickstart(args: argparse.Namespace) -> int:
     print(f"      {len(manifest['class_names'])} classes; never in training: {', '.join(manifest['unseen_class_names'])}")
     print(f"[2/4] pretraining the tiny preset: {recipe.steps} steps x {recipe.batch_size} pairs, "
           f"{recipe.image_size} px, {recipe.optimizer.upper()} lr {recipe.learning_rate:g}, filter={recipe.filter}")
-    trainer, metrics, train_seconds = train_on_corpus(corpus_dir, os.path.join(out, "run"), recipe, progress)
+    trainer, metrics, train_seconds = train_on_corpus(corpus_dir, os.path.join(out, "run"), recipe, progress,
+                                                      eval_every=args.eval_every)
     print(f"[3/4] held-out evaluation done ({train_seconds:.0f} s of training)")
     result = headline(metrics, train_seconds)
     stats = trainer._global_data_stats().as_dict()

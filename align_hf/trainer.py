@@ -199,6 +199,8 @@ class AlignTrainer(Trainer):
         if getattr(args, "freeze_batch_norm", False):
             count = freeze_batch_norm(model)
             logger.info("froze %d BatchNorm layers", count)
+        if getattr(args, "channels_last", False):
+            model.vision_model.to(memory_format=torch.channels_last)
         if getattr(args, "compile_towers", False):
             model.compile_towers()
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -309,6 +311,9 @@ class AlignTrainer(Trainer):
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
         """The contrastive loss of the (global) batch, as the model's head computes it."""
         model_inputs = {k: v for k, v in inputs.items() if k in MODEL_INPUTS}
+        pixels = model_inputs.get("pixel_values")
+        if getattr(self.args, "channels_last", False) and pixels is not None and pixels.ndim == 4:
+            model_inputs["pixel_values"] = pixels.contiguous(memory_format=torch.channels_last)
         outputs = model(**model_inputs, return_loss=True)
         if model.training:
             window = self._window

@@ -54,6 +54,10 @@ class AlignTrainingArguments(TrainingArguments):
     compile_towers: bool = field(
         default=False, metadata={"help": "torch.compile both towers (AlignModel.compile_towers) before training."}
     )
+    channels_last: bool = field(
+        default=False,
+        metadata={"help": "Keep the image tower and pixel batches channels-last (faster convolutions, 2x on CPU here)."},
+    )
     eval_on_end: bool = field(default=True, metadata={"help": "Evaluate once more after the last step."})
 
     def __post_init__(self):

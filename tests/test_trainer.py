@@ -223,3 +223,31 @@ def test_resume_after_a_kill_continues_the_same_run(train_corpus, tmp_path):
 
     assert losses(resumed) == pytest.approx(losses(straight)) and sorted(losses(resumed)) == [3, 4]
     assert os.path.isdir(out / "checkpoint-4") and not any(p.startswith(STAGING_PREFIX) for p in os.listdir(out))
+
+
+def test_activation_checkpointing_and_bf16_autocast_options(train_corpus, tmp_path):
+    """Activation checkpointing gives the same gradients; bf16 autocast trains with a close loss."""
+    grads, losses = {}, {}
+
+    class Capture(TrainerCallback):
+        def __init__(self, name):
+            self.name = name
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            grads[self.name] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    samples = None
+    for name, options in (("plain", {}), ("checkpointed", {"activation_checkpointing": True}), ("bf16", {"bf16": True})):
+        model, processor = tiny_setup(train_corpus, seed=4)
+        samples = samples or fixed_samples(train_corpus, processor, 8)
+        args = training_args(tmp_path / name, max_steps=1, max_grad_norm=0.0, optimizer="adamw", **options)
+        trainer = AlignTrainer(model=model, args=args, train_dataset=samples, processing_class=processor,
+                               callbacks=[Capture(name)])
+        trainer.train()
+        losses[name] = trainer.state.log_history[0]["loss"]
+        checkpointing = trainer.model.vision_model.backbone.grad_checkpointing
+        assert checkpointing == (name == "checkpointed") and trainer.model.text_model.transformer.is_activation_checkpointing == checkpointing
+    assert losses["checkpointed"] == pytest.approx(losses["plain"], rel=1e-6)
+    for key, grad in grads["plain"].items():
+        torch.testing.assert_close(grads["checkpointed"][key], grad, atol=1e-6, rtol=1e-4, msg=key)
+    assert losses["bf16"] == pytest.approx(losses["plain"], rel=0.05) and losses["bf16"] != losses["plain"]
