@@ -45,6 +45,9 @@ class QuickstartRecipe:
     vision_timm_kwargs: str = "{}"
     filter: str = "small"
     seed: int = 0
+    # Safety net for the 10-minute target on slow machines: training stops after this many seconds,
+    # with the learning rate decayed on the clock (see AlignTrainingArguments.max_train_seconds).
+    max_train_seconds: float = 420.0
     # SyntheticConfig fields that differ from the data module's defaults (as a JSON object).
     corpus: str = "{}"
 
@@ -165,6 +168,7 @@ def train_on_corpus(
         eval_steps=eval_every or None,
         eval_on_end=True,
         channels_last=True,
+        max_train_seconds=recipe.max_train_seconds or None,
         seed=recipe.seed,
         use_cpu=True,
         disable_tqdm=not progress,

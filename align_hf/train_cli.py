@@ -300,8 +300,11 @@ def run_train(argv: Sequence[str]) -> int:
         raise SystemExit("align-hf train: evaluation was requested but there is no --eval_data / --zero_shot_data")
     trainer = AlignTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_sets or None,
                            processing_class=processor, flip_swap=flip_swap)
+    resume = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last", "latest"):
+        resume = True  # the newest complete checkpoint in --output_dir
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.perf_counter() - start
     metrics = final_metrics(trainer)
     summary = {"train_seconds": train_seconds, "global_step": trainer.state.global_step, **metrics}

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .data.pipeline import DataStats, ImageTextLoader, ImageTextPairs
@@ -297,6 +297,28 @@ class AlignTrainer(Trainer):
             self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, betas=betas, eps=self.args.adam_epsilon)
         return self.optimizer
 
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        """The stock schedule, or with ``max_train_seconds`` a linear one driven by steps or time."""
+        budget = getattr(self.args, "max_train_seconds", None)
+        if self.lr_scheduler is not None or not budget:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.args.lr_scheduler_type != "linear":
+            raise ValueError("max_train_seconds needs lr_scheduler_type='linear'")
+        clock = _BudgetClock(budget, self.args.device)
+        warmup_share = self.args.get_warmup_steps(num_training_steps) / max(1, num_training_steps)
+
+        def factor(step: int) -> float:
+            progress = max(step / max(1, num_training_steps), clock.fraction)
+            if progress < warmup_share:
+                return progress / warmup_share
+            return max(0.0, (1.0 - progress) / max(1e-12, 1.0 - warmup_share))
+
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
+        self._created_lr_scheduler = True
+        self.callback_handler.callbacks = [c for c in self.callback_handler.callbacks if not isinstance(c, _TimeBudget)]
+        self.add_callback(_TimeBudget(clock))
+        return self.lr_scheduler
+
     # ------------------------------------------------------------------ the step
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None) -> torch.Tensor:
@@ -487,6 +509,45 @@ class AlignTrainer(Trainer):
             card.save(os.path.join(directory, "README.md"))
         self._barrier()
         return directory
+
+
+class _BudgetClock:
+    """Share of a wall-clock budget spent since creation, agreed on by all ranks (see ``_TimeBudget``)."""
+
+    def __init__(self, seconds: float, device: torch.device):
+        self.seconds = float(seconds)
+        self.device = device  # where the collective runs (NCCL needs GPU tensors)
+        self.start = time.perf_counter()
+        self.fraction = 0.0
+
+    def sync(self) -> float:
+        local = (time.perf_counter() - self.start) / self.seconds
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # Rank 0's clock decides, so every rank uses the same learning rate and stops at the same step.
+            value = torch.tensor([local], dtype=torch.float64, device=self.device)
+            dist.broadcast(value, src=0)
+            local = float(value)
+        self.fraction = min(1.0, local)
+        return self.fraction
+
+
+class _TimeBudget(TrainerCallback):
+    """Stops training once the budget of a :class:`_BudgetClock` is spent."""
+
+    def __init__(self, clock: _BudgetClock):
+        self.clock = clock
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        # Between the optimiser step and the scheduler step: the next learning rate sees the current time.
+        self.clock.sync()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.clock.fraction >= 1.0 and state.global_step < state.max_steps:
+            logger.warning("max_train_seconds=%g spent after %d of %d steps: stopping", self.clock.seconds,
+                           state.global_step, state.max_steps)
+            control.should_training_stop = True
+            control.should_save = control.should_save or args.save_strategy != "no"
+        return control
 
 
 @contextlib.contextmanager

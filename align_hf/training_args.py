@@ -58,6 +58,12 @@ class AlignTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Keep the image tower and pixel batches channels-last (faster convolutions, 2x on CPU here)."},
     )
+    max_train_seconds: float | None = field(
+        default=None,
+        metadata={"help": "Wall-clock budget for training. The run stops when it is spent; with the linear schedule the "
+                  "learning rate follows whichever is further along, steps or time, so a slow machine still ends the "
+                  "run fully decayed. Ranks agree on the clock."},
+    )
     eval_on_end: bool = field(default=True, metadata={"help": "Evaluate once more after the last step."})
 
     def __post_init__(self):

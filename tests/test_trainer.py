@@ -251,3 +251,19 @@ def test_activation_checkpointing_and_bf16_autocast_options(train_corpus, tmp_pa
     for key, grad in grads["plain"].items():
         torch.testing.assert_close(grads["checkpointed"][key], grad, atol=1e-6, rtol=1e-4, msg=key)
     assert losses["bf16"] == pytest.approx(losses["plain"], rel=0.05) and losses["bf16"] != losses["plain"]
+
+
+def test_time_budget_stops_the_run_with_the_learning_rate_decayed(train_corpus, tmp_path):
+    model, processor = tiny_setup(train_corpus, seed=6)
+    samples = fixed_samples(train_corpus, processor, 8)
+    args = training_args(tmp_path, max_steps=50, warmup_steps=0, optimizer="adamw", max_train_seconds=1e-6)
+    trainer = AlignTrainer(model=model, args=args, train_dataset=samples, processing_class=processor)
+    trainer.train()
+    assert trainer.state.global_step == 1  # the budget was spent by the end of the first step
+    assert trainer.lr_scheduler.get_last_lr() == [0.0, 0.0]  # and the schedule reached its end with it
+    generous = AlignTrainer(model=tiny_setup(train_corpus, seed=6)[0], processing_class=processor, train_dataset=samples,
+                            args=training_args(tmp_path / "b", max_steps=3, warmup_steps=0, optimizer="adamw",
+                                               max_train_seconds=3600))
+    generous.train()
+    logged = [e["learning_rate"] for e in generous.state.log_history if "loss" in e and "step" in e]
+    assert generous.state.global_step == 3 and logged == pytest.approx([1e-3, 1e-3 * 2 / 3, 1e-3 / 3], rel=1e-3)
