@@ -130,7 +130,7 @@ def _spawn(args, method: str, n: int) -> dict:
     cmd = [
         sys.executable, os.path.abspath(__file__), "--worker", method, "--n", str(n),
         "--loss", args.loss, "--dim", str(args.dim), "--device", args.device,
-        "--dtype", args.dtype, "--repeats", str(args.repeats if n <= 8192 else 1),
+        "--dtype", args.dtype, "--repeats", str(args.repeats if n <= 8192 or args.device == "cuda" else 1),
     ]
     if args.chunk_size:
         cmd += ["--chunk-size", str(args.chunk_size)]

@@ -38,9 +38,12 @@ def _setup(corpus, output_dir, per_device_batch, **kwargs):
                         templates=manifest["zeroshot_templates"], label_column="meta.label_index",
                         subsets={"unseen": manifest["unseen_class_names"]}),
     ]
-    # BatchNorm in eval mode: per-rank batch statistics would differ from the doubled batch's.
-    args = training_args(output_dir, max_steps=STEPS, per_device_train_batch_size=per_device_batch, learning_rate=1e-2,
-                         warmup_steps=0, freeze_batch_norm=True, per_device_eval_batch_size=3, **kwargs)
+    # BatchNorm in eval mode: per-rank batch statistics would differ from the doubled batch's. Plain SGD:
+    # Adam-type updates turn float rounding in near-zero gradients into full-size steps of either sign,
+    # which would test the optimiser's sensitivity rather than the gradients.
+    args = training_args(output_dir, max_steps=STEPS, per_device_train_batch_size=per_device_batch, learning_rate=0.5,
+                         warmup_steps=0, freeze_batch_norm=True, per_device_eval_batch_size=3, optimizer="hf", optim="sgd",
+                         **kwargs)
     return AlignTrainer(model=model, args=args, train_dataset=samples, eval_dataset=sets, processing_class=processor)
 
 

@@ -1,0 +1,109 @@
+"""The contrastive head on a GPU: exactness, low precision, no host syncs, torch.compile, the model.
+
+Skipped where CUDA is absent (CI); run on a GPU machine with
+``python -m pytest tests/test_loss_cuda.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from align_hf.loss import AlignContrastiveHead, contrastive_loss, sigmoid_loss
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def naive_softmax(x, y, t, eps):
+    logits = x @ y.T / t
+    labels = torch.arange(x.shape[0], device=x.device)
+    return (F.cross_entropy(logits, labels, label_smoothing=eps) + F.cross_entropy(logits.T, labels, label_smoothing=eps)) / 2
+
+
+def naive_sigmoid(x, y, t, b):
+    logits = x @ y.T / t + b
+    signs = 2 * torch.eye(x.shape[0], dtype=x.dtype, device=x.device) - 1
+    return -F.logsigmoid(signs * logits).sum(dim=-1).mean()
+
+
+def pair(n, d, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    y = torch.randn(n, d, generator=gen, dtype=torch.float64) + 0.5 * x
+    return F.normalize(x, dim=-1).cuda().to(dtype), F.normalize(y, dim=-1).cuda().to(dtype)
+
+
+def value_and_grads(fn, *inputs):
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    loss = fn(*leaves)
+    return (loss, *torch.autograd.grad(loss, leaves))
+
+
+@pytest.mark.parametrize("loss_type", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("n,d,chunk", [(1, 8, None), (97, 33, 16), (300, 64, 128), (1031, 40, 256)])
+def test_float64_on_cuda_matches_naive(loss_type, n, d, chunk):
+    x, y = pair(n, d, torch.float64, seed=n)
+    t = torch.tensor(0.05, dtype=torch.float64, device="cuda")
+    if loss_type == "softmax":
+        ours = value_and_grads(lambda a, b, s: contrastive_loss(a, b, s, label_smoothing=0.1, chunk_size=chunk), x, y, t)
+        ref = value_and_grads(lambda a, b, s: naive_softmax(a, b, s, 0.1), x, y, t)
+    else:
+        bias = torch.tensor(-3.0, dtype=torch.float64, device="cuda")
+        ours = value_and_grads(lambda a, b, s, c: sigmoid_loss(a, b, s, c, chunk_size=chunk), x, y, t, bias)
+        ref = value_and_grads(naive_sigmoid, x, y, t, bias)
+    for a, b in zip(ours, ref):
+        assert (a - b).abs().max().item() <= 1e-9
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 5e-3)])
+def test_low_precision_close_to_fp32(dtype, tol):
+    x, y = pair(2048, 128, torch.float32, seed=3)
+    t = torch.tensor(0.02, device="cuda")
+    full = value_and_grads(lambda a, b, s: contrastive_loss(a, b, s, chunk_size=512), x, y, t)
+    low = value_and_grads(lambda a, b, s: contrastive_loss(a, b, s, chunk_size=512), x.to(dtype), y.to(dtype), t)
+    assert low[0].dtype == torch.float32  # accumulated in fp32
+    assert abs(low[0].item() - full[0].item()) <= tol * abs(full[0].item())
+    for a, b in zip(low[1:], full[1:]):
+        rel = (a.float() - b).norm() / b.norm()
+        assert rel.item() <= 5 * tol
+
+
+def test_no_host_synchronisation_in_forward_and_backward():
+    head = AlignContrastiveHead(learnable_temperature=True).cuda()
+    x, y = pair(4096, 64, torch.float32, seed=5)
+    x.requires_grad_(True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = head(x, y)
+        out.loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(out.loss).item() and x.grad is not None
+
+
+def test_compiled_matches_eager():
+    x, y = pair(1500, 64, torch.float32, seed=7)
+    t = torch.tensor(0.03, device="cuda")
+
+    def fn(a, b, s):
+        return contrastive_loss(a, b, s, chunk_size=512)
+
+    eager = value_and_grads(fn, x, y, t)
+    compiled = value_and_grads(torch.compile(fn, fullgraph=True), x, y, t)
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_autocast_bf16_model_step():
+    from align_hf.testing import tiny_model
+
+    model = tiny_model(seed=0).cuda().train()
+    pixel_values = torch.randn(8, 3, 64, 64, device="cuda")
+    input_ids = torch.randint(5, 1000, (8, 12), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(input_ids=input_ids, pixel_values=pixel_values, return_loss=True)
+    out.loss.backward()
+    assert torch.isfinite(out.loss).item()
+    assert model.contrastive_head.temperature.grad is not None
