@@ -95,6 +95,19 @@ def _addmm_(out: Tensor, a: Tensor, b: Tensor) -> None:
         out += _mm(a, b, out.dtype)
 
 
+def _scaled_rows(xc: Tensor, s: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    """``(x * s, None)`` when x is already in the accumulation dtype: the scale then rides in the
+    tile GEMM instead of costing a pass over every tile. Low-precision operands stay unscaled (a
+    rounding of ``x * s`` would add error), and the tiles are scaled after the GEMM instead."""
+    if xc.dtype == s.dtype:
+        return xc * s, None
+    return xc, s
+
+
+def _scaled(scores: Tensor, scale: Optional[Tensor]) -> Tensor:
+    return scores if scale is None else scores.mul_(scale)
+
+
 def _tile_ranges(n: int, tile: int) -> list[tuple[int, int]]:
     return [(start, min(start + tile, n)) for start in range(0, n, tile)]
 
@@ -156,6 +169,7 @@ def _forward_tiles(x, y, scale, bias, label_smoothing, sigmoid, columns, label_o
     acc = _accumulation_dtype(x.dtype)
     xc, yc = _operand(x), _operand(y)
     s = scale.to(acc)
+    xs, tile_scale = _scaled_rows(xc, s)
     opts = dict(dtype=acc, device=x.device)
     row_stat = torch.zeros(n, **opts)  # softmax: log-sum-exp; sigmoid: sum of softplus
     row_max = torch.full((n,), -math.inf, **opts)
@@ -167,7 +181,7 @@ def _forward_tiles(x, y, scale, bias, label_smoothing, sigmoid, columns, label_o
         r_max = torch.full((i1 - i0,), -math.inf, **opts)
         r_sum = torch.zeros(i1 - i0, **opts)
         for j0, j1 in _tile_ranges(m, tile):
-            scores = _mm(xc[i0:i1], yc[j0:j1].T, acc).mul_(s)
+            scores = _scaled(_mm(xs[i0:i1], yc[j0:j1].T, acc), tile_scale)
             _copy_label_logits(scores, label_logits, i0, i1, j0, j1, label_offset)
             tile_max = scores.amax(dim=1)
             if columns:
@@ -256,6 +270,7 @@ def _backward_tiles(
     acc = _accumulation_dtype(x.dtype)
     xc, yc = _operand(x), _operand(y)
     s = scale.to(acc)
+    xs, tile_scale = _scaled_rows(xc, s)
     g_row = grad_row.to(acc)
     g_col = grad_col.to(acc)
     # gx = G @ y and gy = G^T @ x, both without the scale (applied once at the end).
@@ -263,10 +278,10 @@ def _backward_tiles(
     gy = torch.zeros(m, y.shape[1], dtype=acc, device=x.device)
     gbias = torch.zeros((), dtype=acc, device=x.device)
     for i0, i1 in _tile_ranges(n, tile):
-        xi = xc[i0:i1]
+        xi, xsi = xc[i0:i1], xs[i0:i1]
         for j0, j1 in _tile_ranges(m, tile):
             yj = yc[j0:j1]
-            scores = _mm(xi, yj.T, acc).mul_(s)
+            scores = _scaled(_mm(xsi, yj.T, acc), tile_scale)
             if sigmoid:
                 grad = scores.add_(bias.to(acc)).sigmoid_().mul_(g_row[i0:i1, None])
                 gbias += grad.sum()
