@@ -336,13 +336,15 @@ class AlignTrainer(Trainer):
         pixels = model_inputs.get("pixel_values")
         if getattr(self.args, "channels_last", False) and pixels is not None and pixels.ndim == 4:
             model_inputs["pixel_values"] = pixels.contiguous(memory_format=torch.channels_last)
-        outputs = model(**model_inputs, return_loss=True)
+        # The (N, N) logits are only wanted when the caller asks for the outputs (prediction loops).
+        outputs = model(**model_inputs, return_loss=True, return_logits=return_outputs)
         if model.training:
             window = self._window
             window["loss_steps"] += 1
-            window["temperature"] += float(outputs.temperature)
-            window["i2t"] += float(outputs.image_to_text_accuracy)
-            window["t2i"] += float(outputs.text_to_image_accuracy)
+            # Summed as tensors: a float() here would make the host wait for the GPU every step.
+            window["temperature"] += outputs.temperature.detach().float()
+            window["i2t"] += outputs.image_to_text_accuracy.detach().float()
+            window["t2i"] += outputs.text_to_image_accuracy.detach().float()
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     # ------------------------------------------------------------------ logging
@@ -369,9 +371,9 @@ class AlignTrainer(Trainer):
             window = self._window
             steps = window["loss_steps"]
             if steps:
-                logs["temperature"] = window["temperature"] / steps
-                logs["image_to_text_accuracy"] = window["i2t"] / steps
-                logs["text_to_image_accuracy"] = window["t2i"] / steps
+                logs["temperature"] = float(window["temperature"]) / steps
+                logs["image_to_text_accuracy"] = float(window["i2t"]) / steps
+                logs["text_to_image_accuracy"] = float(window["t2i"]) / steps
             elapsed = time.perf_counter() - self._window_start
             if window["pairs"] and elapsed > 0:
                 logs["pairs_per_second"] = window["pairs"] / elapsed
