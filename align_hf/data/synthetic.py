@@ -157,6 +157,9 @@ class SyntheticConfig:
         noise_weights: relative frequency of each noise kind (see module docstring).
         scene_weights: relative frequency of one object / two objects / a group of 2-4 alike.
         background_in_caption: probability a clean training caption mentions the background.
+        position_in_caption: probability a clean caption of a single object gives its position.
+            Below 1, more captions in a batch agree on everything but shape, so the contrastive
+            loss has to learn shape to tell them apart.
         framing: probability a clean training caption is framed like web alt-text
             ("photo of ...", "... - stock photo"); see :data:`FRAMES`.
         zeroshot_sizes: object sizes used in the zero-shot split.
@@ -174,6 +177,7 @@ class SyntheticConfig:
     noise_weights: dict = field(default_factory=lambda: {"unrelated": 0.25, "filename": 0.2, "partial": 0.2, "wrong": 0.2, "boilerplate": 0.15})
     scene_weights: dict = field(default_factory=lambda: {"single": 0.45, "pair": 0.35, "group": 0.2})
     background_in_caption: float = 0.6
+    position_in_caption: float = 1.0
     framing: float = 0.3
     zeroshot_sizes: tuple = ("medium", "large")
     colours: tuple = COLOURS
@@ -392,10 +396,12 @@ class SyntheticCorpus:
             short = joiner.join(f"{self._object_phrase(o, rng)} {o['position']}" for o in objects)
             return self._fit(prefix + long + background, prefix + long, prefix + short)
         obj = objects[0]
-        phrase = f"{self._object_phrase(obj, rng)} {self._position_phrase(obj, rng)}"
+        # Drawn only when configured, so corpora made with the default keep their exact captions.
+        positioned = self.config.position_in_caption >= 1 or rng.random() < self.config.position_in_caption
+        phrase = self._object_phrase(obj, rng) + (f" {self._position_phrase(obj, rng)}" if positioned else "")
         text = (
             phrase,
-            f"{self._size_word(obj, rng)} {obj['colour']} {obj['shape']}, {obj['position']}",
+            f"{self._size_word(obj, rng)} {obj['colour']} {obj['shape']}" + (f", {obj['position']}" if positioned else ""),
             f"illustration of {phrase}",
             f"{obj['colour']} {obj['shape']} icon",
         )[style]

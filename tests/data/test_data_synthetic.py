@@ -205,3 +205,26 @@ def test_config_validation():
     small = SyntheticCorpus(SyntheticConfig(colours=("red", "blue", "green"), shapes=("circle", "square")))
     assert small.class_names == ["red circle", "red square", "blue circle", "blue square", "green circle", "green square"]
     assert len(small.unseen_class_names) == 3
+
+
+def test_position_in_caption_controls_single_object_captions():
+    positions = ("top", "bottom", "left", "right", "center", "middle", "corner")
+
+    def single_clean_captions(corpus):
+        out = []
+        for i in range(400):
+            sample = corpus.sample("train", i, render=False)
+            if sample.meta["kind"] == "single" and sample.meta["noise"] is None:
+                out.append(sample.caption)
+        return out
+
+    default = single_clean_captions(SyntheticCorpus(SyntheticConfig(noise=0.0)))
+    none = single_clean_captions(SyntheticCorpus(SyntheticConfig(noise=0.0, position_in_caption=0.0)))
+    assert len(default) == len(none) > 100
+    has_position = lambda text: any(re.search(rf"\b{word}\b", text) for word in positions)  # noqa: E731
+    # Style 3 ("... icon") never names the position; the other three always do by default.
+    assert sum(map(has_position, default)) > 0.6 * len(default)
+    assert not any(map(has_position, none))
+    # Colour and shape stay in every caption.
+    for text in none:
+        assert re.search(r"\b(circle|square|triangle|star|cross|heart)\b", text)
