@@ -35,7 +35,7 @@ def _add_source_args(parser: argparse.ArgumentParser) -> None:
 def run_synth(args: argparse.Namespace) -> int:
     from .synthetic import SPLITS, SyntheticConfig, write_synthetic_corpus
 
-    config = SyntheticConfig(
+    values = dict(
         image_size=args.image_size,
         num_train=args.num_train,
         zeroshot_per_class=args.zeroshot_per_class,
@@ -44,6 +44,14 @@ def run_synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         shard_size=args.shard_size,
     )
+    try:
+        extra = json.loads(args.config) if args.config else {}
+        if not isinstance(extra, dict):
+            raise ValueError("expected a JSON object")
+        values.update(extra)
+        config = SyntheticConfig.from_dict(values)
+    except (ValueError, TypeError) as err:
+        raise SystemExit(f"--config {args.config!r}: {err}") from None
     manifest = write_synthetic_corpus(args.output, config, num_workers=args.workers, progress=not args.no_progress, splits=args.splits or SPLITS)
     for split, info in manifest["splits"].items():
         print(f"{split:<10} {info['num_samples']:>7} pairs in {len(info['shards'])} shards")
@@ -113,6 +121,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--shard-size", type=int, default=1000, help="pairs per shard (default: 1000)")
     synth.add_argument("--splits", nargs="+", choices=("train", "zeroshot", "retrieval"), help="splits to write (default: all)")
     synth.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes")
+    synth.add_argument("--config", metavar="JSON",
+                       help='other SyntheticConfig fields as a JSON object, e.g. \'{"position_in_caption": 0.3}\' '
+                            "(the quickstart's corpus: see QuickstartRecipe.corpus)")
     synth.add_argument("--no-progress", action="store_true")
     synth.set_defaults(func=run_synth)
 

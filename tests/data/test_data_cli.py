@@ -21,6 +21,21 @@ def test_synth_writes_a_loadable_corpus(tmp_path, capsys):
     assert "unseen in training" in printed and "manifest.json" in printed
 
 
+def test_synth_config_overrides_and_rejects_bad_ones(tmp_path):
+    import pytest
+
+    out = tmp_path / "corpus"
+    common = ["data", "synth", "--num-train", "10", "--zeroshot-per-class", "1", "--num-retrieval", "2",
+              "--workers", "1", "--no-progress", "--splits", "train"]
+    assert main(common + ["--output", str(out), "--config", '{"position_in_caption": 0.3, "background_in_caption": 0.1}']) == 0
+    config = load_manifest(out)["config"]
+    assert config["position_in_caption"] == 0.3 and config["background_in_caption"] == 0.1
+    with pytest.raises(SystemExit, match="--config"):
+        main(common + ["--output", str(tmp_path / "bad"), "--config", '{"no_such_field": 1}'])
+    with pytest.raises(SystemExit, match="--config"):
+        main(common + ["--output", str(tmp_path / "bad"), "--config", "[1, 2]"])
+
+
 def test_check_reports_skips_filter_and_lengths(tmp_path, capsys):
     write_samples(str(tmp_path / "wds"), bad_samples(), per_shard=4)
     report_path = tmp_path / "report.json"
