@@ -1,9 +1,10 @@
 """``align-hf quickstart``: ALIGN in miniature, offline, on two CPU cores.
 
-1. writes the synthetic noisy alt-text corpus (20% noisy captions by default);
+1. writes the synthetic noisy alt-text corpus (20% noisy captions by default), mostly single
+   objects whose captions often leave out position and background (see ``QuickstartRecipe.corpus``);
 2. pretrains the ``tiny`` preset from scratch on its training split with :class:`AlignTrainer`
-   (the ALIGN recipe scaled down: LAMB, linear warm-up and decay, label smoothing 0.1, ALIGN's
-   frequency filter);
+   (AdamW with linear warm-up and decay, label smoothing 0.1, a learnable temperature, ALIGN's
+   frequency filter with thresholds sized for the corpus);
 3. evaluates on held-out splits: zero-shot classification of single-object images into all
    colour x shape classes with prompt templates unlike any training caption (also on the
    combinations never seen in training), and text<->image retrieval with captions that give every
