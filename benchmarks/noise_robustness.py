@@ -22,7 +22,7 @@ import time
 # threads make every op many times slower. Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from align_hf.quickstart import QuickstartRecipe  # noqa: E402, corpus_config, ensure_corpus, headline, train_on_corpus
+from align_hf.quickstart import QuickstartRecipe, corpus_config, ensure_corpus, headline, train_on_corpus  # noqa: E402
 
 
 def main() -> None:
