@@ -30,10 +30,10 @@ class QuickstartRecipe:
     """Everything the quickstart trains with; the defaults are the tuned recipe."""
 
     image_size: int = 64
-    # Processor resize before the (random in training, centre in evaluation) crop to image_size;
-    # 0 keeps the preset's 346/289 ratio. The synthetic images are already image_size, and a crop
-    # would cut into objects near the border, so none is taken.
-    resize_size: int = 64
+    # The corpus is rendered at image_size. False: images go in whole (the processor resizes to
+    # image_size, so its crop takes nothing). True: the preset's resize to 346/289 of image_size and
+    # a crop back, which cuts into objects near the border.
+    crop: bool = False
     num_train: int = 20000
     steps: int = 1600
     batch_size: int = 128
@@ -84,7 +84,7 @@ def add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
 def corpus_config(recipe: QuickstartRecipe, noise: float):
     from .data import SyntheticConfig
 
-    values = dict(image_size=64, num_train=recipe.num_train, noise=noise, seed=recipe.seed, shard_size=1000,
+    values = dict(image_size=recipe.image_size, num_train=recipe.num_train, noise=noise, seed=recipe.seed, shard_size=1000,
                   zeroshot_per_class=10, num_retrieval=1000)
     values.update(json.loads(recipe.corpus))
     return SyntheticConfig.from_dict(values)
@@ -158,8 +158,8 @@ def train_on_corpus(
                        config_overrides=json.dumps(overrides)),
         vocab_file=os.path.join(corpus, manifest.get("vocab_file", "vocab.txt")),
     )
-    if recipe.resize_size:
-        processor.image_processor.size = {"height": recipe.resize_size, "width": recipe.resize_size}
+    if not recipe.crop:
+        processor.image_processor.size = {"height": recipe.image_size, "width": recipe.image_size}
     train_source = os.path.join(corpus, "train")
     align_filter = build_filter(recipe.filter, train_source, manifest["config"]["image_size"], progress)
     transform = ImageTransform.from_image_processor(processor.image_processor, train=True, seed=recipe.seed)
