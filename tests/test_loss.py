@@ -29,7 +29,7 @@ def naive_softmax_loss(x, y, t, eps):
         from transformers.models.align.modeling_align import align_loss
 
         return align_loss(logits.T)
-    labels = torch.arange(x.shape[0])
+    labels = torch.arange(x.shape[0], device=x.device)
     return (
         F.cross_entropy(logits, labels, label_smoothing=eps)
         + F.cross_entropy(logits.T, labels, label_smoothing=eps)
@@ -39,7 +39,7 @@ def naive_softmax_loss(x, y, t, eps):
 def naive_sigmoid_loss(x, y, t, b):
     """SigLIP's loss as transformers' SiglipModel writes it."""
     logits = x @ y.T / t + b
-    signs = 2 * torch.eye(x.shape[0], dtype=x.dtype) - 1
+    signs = 2 * torch.eye(x.shape[0], dtype=x.dtype, device=x.device) - 1
     return -F.logsigmoid(signs * logits).sum(dim=-1).mean()
 
 

@@ -11,20 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from align_hf.loss import AlignContrastiveHead, contrastive_loss, sigmoid_loss
+from test_loss import naive_sigmoid_loss, naive_softmax_loss
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-def naive_softmax(x, y, t, eps):
-    logits = x @ y.T / t
-    labels = torch.arange(x.shape[0], device=x.device)
-    return (F.cross_entropy(logits, labels, label_smoothing=eps) + F.cross_entropy(logits.T, labels, label_smoothing=eps)) / 2
-
-
-def naive_sigmoid(x, y, t, b):
-    logits = x @ y.T / t + b
-    signs = 2 * torch.eye(x.shape[0], dtype=x.dtype, device=x.device) - 1
-    return -F.logsigmoid(signs * logits).sum(dim=-1).mean()
 
 
 def pair(n, d, dtype, seed=0):
@@ -47,11 +36,11 @@ def test_float64_on_cuda_matches_naive(loss_type, n, d, chunk):
     t = torch.tensor(0.05, dtype=torch.float64, device="cuda")
     if loss_type == "softmax":
         ours = value_and_grads(lambda a, b, s: contrastive_loss(a, b, s, label_smoothing=0.1, chunk_size=chunk), x, y, t)
-        ref = value_and_grads(lambda a, b, s: naive_softmax(a, b, s, 0.1), x, y, t)
+        ref = value_and_grads(lambda a, b, s: naive_softmax_loss(a, b, s, 0.1), x, y, t)
     else:
         bias = torch.tensor(-3.0, dtype=torch.float64, device="cuda")
         ours = value_and_grads(lambda a, b, s, c: sigmoid_loss(a, b, s, c, chunk_size=chunk), x, y, t, bias)
-        ref = value_and_grads(naive_sigmoid, x, y, t, bias)
+        ref = value_and_grads(naive_sigmoid_loss, x, y, t, bias)
     for a, b in zip(ours, ref):
         assert (a - b).abs().max().item() <= 1e-9
 
