@@ -157,6 +157,7 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk-size", type=int, default=None, help="tile edge (default: auto)")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps for N <= 8192")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--skip-naive", action="store_true", help="time only the tiled head (tile-size sweeps)")
     parser.add_argument("--output", help="also write the results as JSON here")
     parser.add_argument("--worker", choices=["naive", "tiled"], help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -189,7 +190,9 @@ def main(argv=None) -> int:
     print(header)
     print("-" * len(header))
     for n in sizes:
-        if NAIVE_SQUARES * n * n * element > 0.8 * available:
+        if args.skip_naive:
+            naive = {"error": "skipped: --skip-naive"}
+        elif NAIVE_SQUARES * n * n * element > 0.8 * available:
             naive = {"error": "skipped: does not fit"}
         else:
             naive = _spawn(args, "naive", n)
