@@ -50,4 +50,4 @@ $(TF_VENV)/bin/python:
 	$(TF_VENV)/bin/pip install --quiet tensorflow-cpu==2.15.1 tf-keras==2.15.1 transformers==4.41.2 "numpy<2"
 
 tf-fixtures: $(TF_VENV)/bin/python
-	$(TF_VENV)/bin/python conversion/make_tf_fixtures.py --out tests/fixtures/tf
+	$(TF_VENV)/bin/python tests/tools/make_tf_fixtures.py --out tests/fixtures/tf

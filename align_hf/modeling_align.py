@@ -414,7 +414,7 @@ class AlignModel(AlignPreTrainedModel):
 
     @classmethod
     def _from_transformers_format(cls, repo, config_dict, allow_pickle: bool, **kwargs) -> "AlignModel":
-        from .convert_hf import config_from_hf, state_dict_from_hf
+        from align_hf.conversion.hf_format import config_from_hf, state_dict_from_hf
         from .hub import hub_options, load_weight_file, resolve_file, weight_files
 
         options = hub_options(kwargs)
@@ -504,7 +504,7 @@ class AlignModel(AlignPreTrainedModel):
         channels-last image tower. Same outputs (to float rounding); it cannot be trained or saved."""
         import copy
 
-        from .fusion import fold_batchnorm
+        from .batchnorm_folding import fold_batchnorm
 
         model = copy.deepcopy(self).eval()
         fold_batchnorm(model.vision_model.backbone)

@@ -18,90 +18,11 @@ from transformers.image_utils import PILImageResampling
 from transformers.models.efficientnet.image_processing_efficientnet import EfficientNetImageProcessor
 from transformers.processing_utils import ProcessorMixin
 
+from .image_io import to_rgb
+
 ALIGN_RESIZE = 346
 ALIGN_CROP = 289
 ALIGN_MAX_LENGTH = 64
-# Decompression-bomb guard for arrays handed to us directly (PIL has its own for files).
-MAX_IMAGE_PIXELS = 178_956_970
-
-
-def _composite_on_white(image: Image.Image) -> Image.Image:
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
-
-
-def _pil_to_rgb(image: Image.Image) -> Image.Image:
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # PIL's own convert clips wide integers at 255; rescale the real range instead.
-        array = np.asarray(image).astype(np.float64)
-        peak = 65535.0 if mode.startswith("I;16") else max(float(array.max()), 1.0)
-        if mode == "F" and array.max() <= 1.0:
-            peak = 1.0
-        gray = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
-        return _composite_on_white(image)
-    return image.convert("RGB")
-
-
-def _array_to_rgb(array: np.ndarray) -> Image.Image:
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3:
-        raise ValueError(f"An image array must be (H, W), (H, W, C) or (C, H, W); got shape {array.shape}")
-    if array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
-        array = np.moveaxis(array, 0, -1)
-    if array.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"Cannot tell the channel axis of an image array of shape {array.shape}")
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"Empty image of shape {array.shape}")
-    if array.shape[0] * array.shape[1] > MAX_IMAGE_PIXELS:
-        raise ValueError(f"Image of {array.shape[0]}x{array.shape[1]} pixels exceeds the limit of {MAX_IMAGE_PIXELS}")
-    if array.dtype == np.uint8:
-        scaled = array
-    elif array.dtype == np.uint16:
-        scaled = (array.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
-    elif array.dtype == bool:
-        scaled = array.astype(np.uint8) * 255
-    elif np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer):
-        values = array.astype(np.float64)
-        if not np.isfinite(values).all():
-            raise ValueError("Image array contains NaN or infinite values")
-        # Floats in [0, 1] are fractions; anything else is taken as 0..255.
-        factor = 255.0 if np.issubdtype(array.dtype, np.floating) and values.max() <= 1.0 and values.min() >= 0 else 1.0
-        scaled = np.clip(values * factor + 0.5, 0, 255).astype(np.uint8)
-    else:
-        raise TypeError(f"Unsupported image array dtype {array.dtype}")
-    channels = scaled.shape[-1]
-    if channels == 1:
-        return Image.fromarray(scaled[..., 0], mode="L").convert("RGB")
-    if channels == 4:
-        return _composite_on_white(Image.fromarray(scaled, mode="RGBA"))
-    return Image.fromarray(np.ascontiguousarray(scaled), mode="RGB")
-
-
-def to_rgb(image: Any) -> Image.Image:
-    """Convert a PIL image of any mode, a numpy array or a torch tensor to an 8-bit RGB PIL image.
-
-    Transparent pixels are composited on white; 16-bit and float images are rescaled, not clipped.
-    """
-    if isinstance(image, Image.Image):
-        if image.width == 0 or image.height == 0:
-            raise ValueError("Empty image (zero width or height)")
-        return _pil_to_rgb(image)
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
-    if isinstance(image, np.ndarray):
-        return _array_to_rgb(image)
-    raise TypeError(
-        f"Unsupported image type {type(image).__name__}: pass PIL images, numpy arrays (H, W[, C]) or torch tensors"
-    )
-
-
 def _as_image_list(images: Any) -> list:
     if isinstance(images, (Image.Image,)):
         return [images]
@@ -110,6 +31,11 @@ def _as_image_list(images: Any) -> list:
     if isinstance(images, (list, tuple)):
         return list(images)
     return [images]
+
+
+def resize_for(image_size: int) -> int:
+    """The resize side before a centre crop of ``image_size``: ALIGN's 346/289 ratio (346 for 289)."""
+    return int(round(image_size * ALIGN_RESIZE / ALIGN_CROP))
 
 
 class AlignImageProcessor(EfficientNetImageProcessor):
@@ -143,6 +69,17 @@ class AlignImageProcessor(EfficientNetImageProcessor):
         if not converted:
             raise ValueError("No images given")
         return super().preprocess(converted, *args, **kwargs)
+
+    @classmethod
+    def for_image_size(cls, image_size: int, crop: bool = True, resize: int | None = None) -> "AlignImageProcessor":
+        """ALIGN's preprocessing for a model of ``image_size`` px.
+
+        ``crop=True``: resize to :func:`resize_for` ``(image_size)`` (or ``resize``), centre crop
+        ``image_size``. ``crop=False``: resize straight to ``image_size``, so the crop keeps the whole
+        image (for corpora rendered at the model's size).
+        """
+        side = resize or (resize_for(image_size) if crop else image_size)
+        return cls(size={"height": side, "width": side}, crop_size={"height": image_size, "width": image_size})
 
 
 class AlignProcessor(ProcessorMixin):
@@ -206,4 +143,4 @@ _TOKENIZER_OPTIONS = {"padding", "max_length", "truncation", "return_attention_m
 _HUB_OPTIONS = {"cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "trust_remote_code"}
 
 
-__all__ = ["AlignImageProcessor", "AlignProcessor", "to_rgb"]
+__all__ = ["AlignImageProcessor", "AlignProcessor", "resize_for", "to_rgb"]

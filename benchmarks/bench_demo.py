@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 
 from align_hf import AlignConfig, AlignModel
-from align_hf.demo_app import DEFAULT_MAX_BATCH_SIZE, DemoBackend
+from align_hf.demo.backend import DemoBackend
+from align_hf.demo.limits import DEFAULT_MAX_BATCH_SIZE
 from align_hf.search import CrossModalIndex, VectorCollection
 from align_hf.testing import tiny_processor, tiny_tokenizer
 

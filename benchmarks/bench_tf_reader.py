@@ -36,9 +36,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import conversion_fixtures as fx
-    from conversion import checksum
-    from conversion.convert_tf_align import convert_coyo_align
-    from conversion.tf_checkpoint import TFCheckpoint
+    from align_hf.conversion import checksum
+    from align_hf.conversion.tf_align import convert_coyo_align
+    from align_hf.conversion.tf_checkpoint import TFCheckpoint
 
     rows = []
     data = np.random.default_rng(0).integers(0, 256, args.mb << 20, dtype=np.uint8)

@@ -22,7 +22,7 @@ import time
 # threads make every op many times slower. Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from align_hf.quickstart import QuickstartRecipe, corpus_config, ensure_corpus, headline, train_on_corpus  # noqa: E402
+from align_hf.training.quickstart import QuickstartRecipe, corpus_config, ensure_corpus, headline, train_on_corpus  # noqa: E402
 
 
 def main() -> None:
@@ -50,7 +50,7 @@ def main() -> None:
             trainer, metrics, train_seconds = train_on_corpus(
                 corpus, os.path.join(args.output_dir, f"run_noise{noise:g}_{kind}"), run_recipe, progress=args.progress
             )
-            stats = trainer._global_data_stats()
+            stats = trainer.data_stats()
             result = headline(metrics, train_seconds)
             rows.append({"noise": noise, "filter": kind, "kept": stats.kept, "read": stats.total,
                          "filtered": dict(stats.filtered), **result, "wall_seconds": time.perf_counter() - start})

@@ -23,8 +23,8 @@ if os.path.isdir(os.path.join(HERE, "align_hf")):
     sys.path.insert(0, HERE)
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from align_hf.demo_app import build_demo, launch_demo  # noqa: E402
-from align_hf.demo_cli import create_backend  # noqa: E402
+from align_hf.demo.setup import create_backend  # noqa: E402
+from align_hf.demo.ui import build_demo, launch_demo  # noqa: E402
 
 DEFAULT_MODEL = "kakaobrain/align-base"
 

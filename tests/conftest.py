@@ -29,7 +29,8 @@ def demo_server(tmp_path_factory):
     from gradio_client import Client
 
     from align_hf.data import SyntheticConfig, SyntheticCorpus
-    from align_hf.demo_app import DemoBackend, build_demo, launch_demo
+    from align_hf.demo.backend import DemoBackend
+    from align_hf.demo.ui import build_demo, launch_demo
     from align_hf.search import CrossModalIndex
     from align_hf.testing import tiny_model, tiny_processor
 

@@ -1,6 +1,6 @@
 """Shared helpers of tests/test_conversion_*.py: the TensorFlow fixtures, unpacked once per session.
 
-The checkpoints were written by real TensorFlow (conversion/make_tf_fixtures.py, `make tf-fixtures`);
+The checkpoints were written by real TensorFlow (tests/tools/make_tf_fixtures.py, `make tf-fixtures`);
 tests only read them, so no TensorFlow is needed here.
 """
 
@@ -10,7 +10,6 @@ import atexit
 import functools
 import json
 import shutil
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -19,8 +18,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "tf"
-if str(ROOT) not in sys.path:  # `conversion/` lives beside the package, not inside it
-    sys.path.insert(0, str(ROOT))
 
 
 @functools.lru_cache(maxsize=None)

@@ -8,10 +8,10 @@ import pytest
 import torch
 import transformers
 
-import conversion_fixtures  # noqa: F401  (puts the repo root on sys.path)
+
 from align_hf import AlignModel, AlignProcessor
 from align_hf.testing import tiny_model, tiny_tokenizer
-from conversion import convert_align_hf_to_hf, convert_hf_to_align_hf
+from align_hf.conversion import from_transformers as convert_hf_to_align_hf, to_transformers as convert_align_hf_to_hf
 from hf_reference import healthy_hf_align
 
 

@@ -9,9 +9,9 @@ import zlib
 import numpy as np
 import pytest
 
-import conversion_fixtures as fx  # also puts the repo root on sys.path
-from conversion import checksum
-from conversion.tf_checkpoint import CheckpointError, TFCheckpoint, main, resolve_prefix, variable_kind
+import conversion_fixtures as fx
+from align_hf.conversion import checksum
+from align_hf.conversion.tf_checkpoint import CheckpointError, TFCheckpoint, main, resolve_prefix, variable_kind
 
 CHECKPOINTS = ["align_b0", "efficientnet_tf1", "bert_tf1", "dtypes", "tf1_sharded"]
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-import conversion_fixtures as fx  # also puts the repo root on sys.path
+import conversion_fixtures as fx
 from align_hf import AlignConfig, AlignModel, AlignProcessor
-from conversion import convert_tf_align, convert_tf_towers
-from conversion.convert_tf_align import build_mapping, convert_coyo_align
-from conversion.convert_tf_bert import convert_tf_bert
-from conversion.convert_tf_efficientnet import convert_tf_efficientnet
-from conversion.tf_checkpoint import TFCheckpoint
-from conversion.tf_layouts import CheckpointLayout, ConversionError
+from align_hf.conversion import tf_align as convert_tf_align, tf_towers as convert_tf_towers
+from align_hf.conversion.tf_align import build_mapping, convert_coyo_align
+from align_hf.conversion.tf_bert import convert_tf_bert
+from align_hf.conversion.tf_efficientnet import convert_tf_efficientnet
+from align_hf.conversion.tf_checkpoint import TFCheckpoint
+from align_hf.conversion.tf_layouts import CheckpointLayout, ConversionError
 
 TOL = 1e-4
 
@@ -295,7 +295,7 @@ def test_efficientnet_structure_that_is_no_variant_is_refused():
 
 
 def test_keras_application_head_names_are_recognised():
-    from conversion.efficientnet_tf import parse_keras
+    from align_hf.conversion.efficientnet_tf import parse_keras
 
     parsed, bad = parse_keras({"a": "top_conv/kernel", "b": "predictions/bias", "c": "block3b_se_expand/bias",
                                "d": "normalization/mean"})

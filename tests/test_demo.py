@@ -23,7 +23,9 @@ import torch
 import yaml
 from PIL import Image
 
-from align_hf.demo_app import MAX_RESULTS, DemoBackend, DemoInputError, MicroBatcher
+from align_hf.demo.backend import DemoBackend, DemoInputError
+from align_hf.demo.batching import MicroBatcher
+from align_hf.demo.limits import MAX_RESULTS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,7 +128,7 @@ def test_classify_matches_reference(demo_server, query_image):
 def test_classify_preset_with_prompt_ensembling(demo_server, query_image):
     from gradio_client import handle_file
 
-    from align_hf.zero_shot import load_templates
+    from align_hf.evaluation.zero_shot import load_templates
 
     s = demo_server
     preset = "animals"
@@ -486,7 +488,7 @@ def test_default_demo_indexes_the_synthetic_gallery_and_reuses_it(tmp_path, monk
 def test_cli_launch_uses_safe_defaults(demo_server, tmp_path, monkeypatch):
     import gradio as gr
 
-    import align_hf.demo_app as demo_app
+    import align_hf.demo.ui as demo_app
     from align_hf.cli import main
 
     seen = {}

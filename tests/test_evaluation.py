@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from align_hf.evaluation import classification_metrics, get_field, retrieval_metrics
-from align_hf.zero_shot import build_class_embeddings, load_class_names, load_templates
+from align_hf.evaluation.zero_shot import build_class_embeddings, load_class_names, load_templates
 
 
 # ------------------------------------------------------------------------------------------
@@ -262,7 +262,7 @@ def _embed_one_by_one(model, processor, texts=(), images=()):
 
 
 def test_zero_shot_classifier_weights_and_predictions_match_direct_computation(tiny, corpus):
-    from align_hf.zero_shot import ZeroShotClassifier, logit_scale
+    from align_hf.evaluation.zero_shot import ZeroShotClassifier, logit_scale
 
     model, processor = tiny
     names, templates = ["red circle", "blue star", "green square"], ["a photo of a {}.", "the {} shape."]
@@ -285,7 +285,7 @@ def test_zero_shot_classifier_weights_and_predictions_match_direct_computation(t
 
 
 def test_zero_shot_class_embeddings_are_cached_on_disk(tiny, tmp_path, monkeypatch):
-    import align_hf.zero_shot as zs
+    import align_hf.evaluation.zero_shot as zs
 
     model, processor = tiny
     first = zs.ZeroShotClassifier(model, processor, ["cat", "dog"], "short", cache_dir=tmp_path, progress=False)
@@ -306,7 +306,7 @@ def test_zero_shot_class_embeddings_are_cached_on_disk(tiny, tmp_path, monkeypat
 
 def test_evaluate_zero_shot_matches_manual_pipeline_and_counts_bad_rows(tiny, corpus):
     from align_hf.evaluation import evaluate_zero_shot
-    from align_hf.zero_shot import build_class_embeddings
+    from align_hf.evaluation.zero_shot import build_class_embeddings
 
     model, processor = tiny
     # zero-shot sample i has label i % 48; the first 12 classes and two templates keep this quick
@@ -432,7 +432,7 @@ def _shard_samples(folder):
 
 def test_cli_zero_shot_on_synthetic_shards_matches_reference(saved_model, tiny, corpus_dir, tmp_path, capsys):
     from align_hf.cli import main
-    from align_hf.zero_shot import build_class_embeddings
+    from align_hf.evaluation.zero_shot import build_class_embeddings
 
     out = tmp_path / "zs.json"
     rc = main(["eval", "zero-shot", "--model", str(saved_model), "--dataset", str(corpus_dir / "zeroshot"),
@@ -456,7 +456,7 @@ def test_cli_zero_shot_on_synthetic_shards_matches_reference(saved_model, tiny, 
 
 def test_cli_zero_shot_on_class_folders(saved_model, tiny, corpus_dir, tmp_path, capsys):
     from align_hf.cli import main
-    from align_hf.zero_shot import build_class_embeddings
+    from align_hf.evaluation.zero_shot import build_class_embeddings
 
     root = tmp_path / "classes"
     samples = _shard_samples(corpus_dir / "zeroshot")

@@ -8,7 +8,7 @@ import transformers
 from transformers.modeling_outputs import BaseModelOutputWithPooling, BaseModelOutputWithPoolingAndNoAttention
 
 from align_hf import AlignConfig, AlignModel
-from align_hf.convert_hf import config_to_hf, state_dict_to_hf
+from align_hf.conversion.hf_format import config_to_hf, state_dict_to_hf
 from align_hf.testing import tiny_model
 from hf_reference import HF_TEXT, healthy_hf_align
 

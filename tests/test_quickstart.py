@@ -7,7 +7,7 @@ import json
 import pytest
 
 from align_hf.cli import main
-from align_hf.quickstart import QuickstartRecipe, apply_overrides
+from align_hf.training.quickstart import QuickstartRecipe, apply_overrides
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from align_hf import search
+from align_hf.search import index as search_index
 from align_hf.search import (
     CrossModalIndex,
     ModelMismatchError,
@@ -182,7 +183,7 @@ def built(tiny, image_folder, tmp_path_factory):
 
 
 def _embed(model, processor, texts=(), images=()):
-    from align_hf.evaluation import load_image
+    from align_hf.image_io import open_image as load_image
 
     with torch.no_grad():
         t = [model.encode_text(**processor(text=[x], return_tensors="pt", padding=False))[0] for x in texts]
@@ -286,7 +287,7 @@ def test_bad_input_gives_clear_errors(built, tiny, tmp_path, image_folder):
 
 def test_interrupted_build_resumes_from_finished_chunks(tiny, image_folder, tmp_path, monkeypatch):
     model, processor = tiny
-    real = search.encode_images
+    real = search_index.encode_images
     calls: list[int] = []
 
     def flaky(model_, processor_, items, **kwargs):
@@ -295,14 +296,14 @@ def test_interrupted_build_resumes_from_finished_chunks(tiny, image_folder, tmp_
             raise KeyboardInterrupt  # the job dies while embedding the third chunk
         return real(model_, processor_, items, **kwargs)
 
-    monkeypatch.setattr(search, "encode_images", flaky)
+    monkeypatch.setattr(search_index, "encode_images", flaky)
     with pytest.raises(KeyboardInterrupt):
         CrossModalIndex.build(model, processor, tmp_path, images=image_folder, chunk_size=4, progress=False)
     assert len(list((tmp_path / "partial").glob("image-*.npz"))) == 2
     calls.clear()
     resumed = CrossModalIndex.build(model, processor, tmp_path, images=image_folder, chunk_size=4, progress=False)
     assert calls == [4, 3]  # 15 files: chunks 3 and 4 only (4 + 3 items)
-    monkeypatch.setattr(search, "encode_images", real)
+    monkeypatch.setattr(search_index, "encode_images", real)
     fresh = CrossModalIndex.build(model, processor, tmp_path / "fresh", images=image_folder, chunk_size=4, progress=False)
     np.testing.assert_allclose(resumed["image"].embeddings, fresh["image"].embeddings, atol=1e-6)
     assert resumed["image"].metadata == fresh["image"].metadata

@@ -13,11 +13,14 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from align_hf import AlignConfig, AlignModel
 from align_hf.data import ImageTextCollator, clean_caption, ImageTransform, load_manifest, load_pairs, make_tokenizer
-from align_hf.evaluation import evaluate_retrieval, evaluate_zero_shot, load_image
-from align_hf.train_cli import preset_processor
-from align_hf.train_data import RetrievalEvalSet, ZeroShotEvalSet
-from align_hf.trainer import STAGING_PREFIX, AlignTrainer, parameter_groups
-from align_hf.training_args import AlignTrainingArguments
+from align_hf.evaluation import evaluate_retrieval, evaluate_zero_shot
+from align_hf.image_io import open_image as load_image
+from align_hf.training.factories import preset_processor
+from align_hf.evaluation.eval_sets import RetrievalEvalSet, ZeroShotEvalSet
+from align_hf.training.checkpointing import STAGING_PREFIX
+from align_hf.training.freezing import parameter_groups
+from align_hf.training.trainer import AlignTrainer
+from align_hf.training.arguments import AlignTrainingArguments
 
 
 def tiny_setup(corpus, seed: int = 0, **overrides):

@@ -98,7 +98,7 @@ def test_linear_probe_starts_from_the_zero_shot_classifier(train_corpus, tmp_pat
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["zero_shot_init_top1"] == pytest.approx(zero_shot["top1"])
     assert "eval_top1" in metrics
-    from align_hf.classification import AlignForImageClassification
+    from align_hf.training.classification import AlignForImageClassification
 
     probe = AlignForImageClassification.from_pretrained(out / "model")
     assert probe.config.id2label[0] == manifest["class_names"][0]

@@ -26,8 +26,8 @@ def _setup(corpus, output_dir, per_device_batch, **kwargs):
     from test_trainer import fixed_samples, tiny_setup, training_args
 
     from align_hf.data import load_manifest, load_pairs
-    from align_hf.train_data import RetrievalEvalSet, ZeroShotEvalSet
-    from align_hf.trainer import AlignTrainer
+    from align_hf.evaluation.eval_sets import RetrievalEvalSet, ZeroShotEvalSet
+    from align_hf.training.trainer import AlignTrainer
 
     model, processor = tiny_setup(corpus, seed=7)
     samples = fixed_samples(corpus, processor, PER_DEVICE * WORLD * STEPS)

@@ -16,9 +16,9 @@ Typical training input::
     print(loader.stats.as_dict())  # read / kept / skipped by reason / filtered by rule
 """
 
-from .check import check_pairs, format_report
-from .decoding import SKIP_REASONS, DecodedImage, DecodeLimits, clean_caption, decode_image, image_bytes
-from .filtering import (
+from align_hf.data.check import check_pairs, format_report
+from align_hf.data.decoding import SKIP_REASONS, DecodedImage, DecodeLimits, clean_caption, decode_image, image_bytes
+from align_hf.data.filtering import (
     RULES,
     AlignFilter,
     FilterConfig,
@@ -27,22 +27,23 @@ from .filtering import (
     count_frequencies,
     unigrams,
 )
-from .pipeline import DataStats, ImageTextLoader, ImageTextPairs, build_loader
-from .sources import load_pairs
-from .synthetic import (
+from align_hf.data.pipeline import DataStats, ImageTextLoader, ImageTextPairs, build_loader
+from align_hf.data.sources import load_pairs
+from align_hf.data.synthetic import (
     ZERO_SHOT_TEMPLATES,
     SyntheticConfig,
     SyntheticCorpus,
     SyntheticSample,
     class_names,
+    find_manifest,
     load_manifest,
     read_split,
     unseen_combinations,
     write_synthetic_corpus,
 )
-from .transforms import ImageTextCollator, ImageTransform
-from .vocab import SPECIAL_TOKENS, build_vocab, make_tokenizer, save_vocab
-from .webdataset import ShardWriter, iter_shard
+from align_hf.data.transforms import ImageTextCollator, ImageTransform
+from align_hf.data.vocab import SPECIAL_TOKENS, build_vocab, make_tokenizer, save_vocab
+from align_hf.data.webdataset import ShardWriter, iter_shard
 
 __all__ = [
     "AlignFilter",
@@ -74,6 +75,7 @@ __all__ = [
     "format_report",
     "image_bytes",
     "iter_shard",
+    "find_manifest",
     "load_manifest",
     "load_pairs",
     "read_split",

@@ -7,9 +7,9 @@ from typing import Any, Iterable
 
 from tqdm.auto import tqdm
 
-from .decoding import DecodeLimits, clean_caption, decode_image, image_bytes
-from .filtering import AlignFilter, unigrams
-from .sources import iter_records
+from align_hf.data.decoding import DecodeLimits, clean_caption, decode_image, image_bytes
+from align_hf.data.filtering import AlignFilter, unigrams
+from align_hf.data.sources import iter_records
 
 # Caption-length buckets (unigrams); 3 and 20 are ALIGN's bounds.
 WORD_BUCKETS = ((0, 2), (3, 5), (6, 10), (11, 15), (16, 20), (21, 30), (31, 50), (51, None))

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
+
+from align_hf.image_io import to_rgb
 
 # Skip reasons. They are plain strings so they serialise to JSON and merge across workers.
 MISSING_IMAGE = "missing_image"
@@ -96,32 +98,6 @@ def image_bytes(value: Any, root: str | None = None) -> bytes | None:
     return None
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB, compositing transparency onto white."""
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # 16/32-bit greyscale: PIL's convert("RGB") clips to 255, which turns most 16-bit
-        # images white, so rescale the actual value range down to 8 bits instead.
-        array = np.asarray(image, dtype=np.float64)
-        if mode.startswith("I;16"):
-            scale = 65535.0
-        else:
-            top = float(array.max()) if array.size else 0.0
-            scale = top if top > 255 else 255.0
-        array = np.clip(array / max(scale, 1e-12) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(array, mode="L").convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
-        mode == "P" and "transparency" in image.info
-    )
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV ...
-
-
 def decode_image(
     data: bytes | None,
     limits: DecodeLimits = DecodeLimits(),
@@ -171,11 +147,7 @@ def decode_image(
         if draft_size is not None and image.format == "JPEG":
             image.draft("RGB", draft_size)
         image.load()
-        try:
-            image = ImageOps.exif_transpose(image)
-        except Exception:  # noqa: BLE001 - a broken EXIF block should not cost the image
-            pass
-        return DecodedImage(_to_rgb(image), None, size)
+        return DecodedImage(to_rgb(image), None, size)
     except Image.DecompressionBombError:
         return DecodedImage(None, TOO_MANY_PIXELS, size)
     except Exception:  # noqa: BLE001 - truncated data, bad CRC, broken zlib stream, ...

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from tqdm.auto import tqdm
 
-from .decoding import clean_caption, image_bytes
+from align_hf.data.decoding import clean_caption, image_bytes
 
 # Rule names, in the order they are checked; a dropped sample is counted under the first rule
 # it fails, so kept + dropped adds up to the number of samples checked.
@@ -162,7 +162,7 @@ def count_frequencies(
     Records without a usable caption are ignored. ``count_images`` also hashes the raw image
     bytes (no decoding) for the ``max_texts_per_image`` rule.
     """
-    from .sources import iter_records
+    from align_hf.data.sources import iter_records
 
     counts = FrequencyCounts(counted_images=count_images)
     for index, record in enumerate(tqdm(iter_records(pairs), desc="counting", unit=" pairs", disable=not progress)):

@@ -3,6 +3,8 @@
 :class:`ImageTextPairs` turns a :func:`~align_hf.data.sources.load_pairs` stream into decoded,
 filtered, transformed samples, skipping and counting everything bad. :class:`ImageTextLoader`
 batches it with a torch ``DataLoader`` and gathers the counts from every worker.
+:func:`build_train_stream` is the one way training code (the trainer, ``align-hf train``, the
+quickstart, :func:`build_loader`) builds the training stream.
 
 Sharding: ranks get disjoint parts of the stream via ``datasets.distributed.split_dataset_by_node``
 (whole shards when ``n_shards`` divides by the world size, else every world_size-th example), and
@@ -22,10 +24,10 @@ import torch
 from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
-from .decoding import DecodeLimits, clean_caption, decode_image, image_bytes
-from .filtering import AlignFilter
-from .sources import iter_records
-from .transforms import STATS_KEY, ImageTextCollator, ImageTransform, swap_words
+from align_hf.data.decoding import DecodeLimits, clean_caption, decode_image, image_bytes
+from align_hf.data.filtering import AlignFilter
+from align_hf.data.sources import iter_records
+from align_hf.data.transforms import STATS_KEY, ImageTextCollator, ImageTransform, swap_words
 
 logger = logging.getLogger(__name__)
 
@@ -296,6 +298,41 @@ class ImageTextLoader:
         logger.info("data: %s", self.stats.summary())
 
 
+def build_train_stream(
+    source: Any,
+    image_processor: Any = None,
+    seed: int = 0,
+    *,
+    filter: AlignFilter | None = None,  # noqa: A002
+    flip_swap: dict[str, str] | None = None,
+    shuffle_buffer: int = 10_000,
+    image_column: str | None = None,
+    text_column: str | None = None,
+    transform: Callable[[Image.Image], torch.Tensor] | None = None,
+    limits: DecodeLimits = DecodeLimits(),
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> ImageTextPairs:
+    """THE training stream: ``source`` -> shuffled, decoded, filtered, augmented samples.
+
+    ``source`` is anything :func:`~align_hf.data.sources.load_pairs` takes, or its result. Images get
+    ``transform``, by default the processor's sizes with a random crop + flip
+    (``ImageTransform.from_image_processor(image_processor, train=True, seed=seed)``), so samples are
+    ``{"pixel_values": (3, crop_h, crop_w), "text": str, "key": str | None}``. ``flip_swap`` swaps
+    caption words when an image was flipped. With an evaluation ``transform`` and
+    ``shuffle_buffer=0`` the same builds an evaluation stream.
+    """
+    from align_hf.data.sources import load_pairs
+
+    if transform is None:
+        if image_processor is None:
+            raise ValueError("build_train_stream needs image_processor= or transform=")
+        transform = ImageTransform.from_image_processor(image_processor, train=True, seed=seed)
+    pairs = load_pairs(source, image_column, text_column)
+    return ImageTextPairs(pairs, transform, filter=filter, limits=limits, shuffle_buffer=shuffle_buffer, seed=seed,
+                          rank=rank, world_size=world_size, flip_swap=flip_swap)
+
+
 def build_loader(
     source: Any,
     batch_size: int,
@@ -319,16 +356,15 @@ def build_loader(
     world_size: int | None = None,
     flip_swap: dict[str, str] | None = None,
 ) -> ImageTextLoader:
-    """Source to batches in one call.
+    """Source to batches in one call: :func:`build_train_stream` batched by an :class:`ImageTextLoader`.
 
     Sizes and tokenizer come from ``processor`` (``processor.image_processor.size`` /
     ``crop_size``, ``processor.tokenizer``) or are given directly. ``train`` selects the random
     crop + flip, shuffling (``shuffle_buffer`` default 10000 when training, 0 otherwise) and
     ``drop_last`` (default: same as ``train``). ``source`` is anything :func:`load_pairs` takes,
-    or its result.
+    or its result. Batches hold ``pixel_values (B, 3, H, W)``, ``input_ids (B, L)``,
+    ``attention_mask (B, L)``.
     """
-    from .sources import load_pairs
-
     if processor is not None:
         transform = ImageTransform.from_image_processor(processor.image_processor, train=train, seed=seed)
         tokenizer = tokenizer or processor.tokenizer
@@ -336,9 +372,10 @@ def build_loader(
         if size is None or tokenizer is None:
             raise ValueError("pass processor=, or both size= (and optionally crop_size=) and tokenizer=")
         transform = ImageTransform(size, crop_size, train=train, seed=seed)
-    pairs = load_pairs(source, image_column, text_column)
     if shuffle_buffer is None:
         shuffle_buffer = 10_000 if train else 0
-    dataset = ImageTextPairs(pairs, transform, filter, limits, shuffle_buffer, seed, rank, world_size, flip_swap=flip_swap)
+    dataset = build_train_stream(source, seed=seed, filter=filter, flip_swap=flip_swap, shuffle_buffer=shuffle_buffer,
+                                 image_column=image_column, text_column=text_column, transform=transform, limits=limits,
+                                 rank=rank, world_size=world_size)
     collator = ImageTextCollator(tokenizer, max_length=max_length, padding=padding)
     return ImageTextLoader(dataset, collator, batch_size, num_workers=num_workers, drop_last=train if drop_last is None else drop_last)

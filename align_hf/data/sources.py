@@ -25,7 +25,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import datasets
 
-from .webdataset import ERROR_FIELD, iter_shard
+from align_hf.data.webdataset import ERROR_FIELD, iter_shard
+from align_hf.image_io import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ PAIRS_MARKER = "align_hf image-text pairs"
 # Column / webdataset-extension names tried in order when the caller does not name them.
 IMAGE_COLUMNS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "image", "img", "image_bytes", "image_path", "file_name", "filepath", "path")
 TEXT_COLUMNS = ("txt", "text", "caption", "alt_text", "alt", "captions", "sentences", "sentence", "title")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 # Rows per shard for image folders, so workers and ranks can split them.

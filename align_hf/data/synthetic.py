@@ -36,15 +36,16 @@ import re
 import sys
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .render import COLOUR_RGB, SHAPES, TEXTURES, TONE_LEVELS, render_scene
-from .vocab import build_vocab
-from .webdataset import ShardWriter
+from align_hf.data.render import COLOUR_RGB, SHAPES, TEXTURES, TONE_LEVELS, render_scene
+from align_hf.data.vocab import build_vocab
+from align_hf.data.webdataset import ShardWriter
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ SIZE_FRACTION = {"small": 0.24, "medium": 0.36, "large": 0.5}
 SIZE_WORDS = {"small": ("small", "little"), "medium": ("medium",), "large": ("large", "big")}
 # ALIGN keeps alt-texts of at most 20 unigrams; clean captions are built to fit.
 MAX_CAPTION_WORDS = 20
+MANIFEST_PREFIX = "align_hf.synthetic/"
+MANIFEST_FORMAT = MANIFEST_PREFIX + "1"
 _WORD = re.compile(r"[^\W_]+")
 POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 POSITION_PHRASES = {
@@ -511,7 +514,7 @@ class SyntheticCorpus:
 
     def manifest(self) -> dict[str, Any]:
         return {
-            "format": "align_hf.synthetic/1",
+            "format": MANIFEST_FORMAT,
             "config": self.config.to_dict(),
             "class_names": self.class_names,
             "unseen_class_names": self.unseen_class_names,
@@ -606,6 +609,25 @@ def load_manifest(corpus_dir: str | os.PathLike) -> dict[str, Any]:
         return json.load(handle)
 
 
+def find_manifest(*folders: str | os.PathLike) -> tuple[dict[str, Any], Path] | None:
+    """The first synthetic-corpus manifest among ``folders`` (in order), with the folder holding it.
+
+    Folders without a ``manifest.json``, with an unreadable one, or with the manifest of something
+    else (a search index, frequency counts) are passed over; ``None`` when none has one.
+    """
+    for folder in folders:
+        path = Path(folder) / "manifest.json"
+        if not path.is_file():
+            continue
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(manifest, dict) and str(manifest.get("format", "")).startswith(MANIFEST_PREFIX):
+            return manifest, Path(folder)
+    return None
+
+
 def read_split(corpus_dir: str | os.PathLike, split: str) -> list[SyntheticSample]:
     """Load one written split back as :class:`SyntheticSample` s (decoded images, captions, metadata).
 
@@ -613,8 +635,8 @@ def read_split(corpus_dir: str | os.PathLike, split: str) -> list[SyntheticSampl
     (``meta["unseen"]`` marks combinations absent from training); retrieval captions are
     ``caption`` (and ``meta["captions"]``).
     """
-    from .decoding import clean_caption, decode_image, image_bytes
-    from .sources import load_pairs
+    from align_hf.data.decoding import clean_caption, decode_image, image_bytes
+    from align_hf.data.sources import load_pairs
 
     samples = []
     for record in load_pairs(os.path.join(os.fspath(corpus_dir), split)):

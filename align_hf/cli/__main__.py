@@ -1,0 +1,7 @@
+"""``python -m align_hf.cli`` (e.g. under ``torchrun``) is ``align-hf``."""
+
+import sys
+
+from align_hf.cli import main
+
+sys.exit(main())

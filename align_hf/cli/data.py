@@ -1,0 +1,163 @@
+"""``align-hf data`` commands: ``synth`` (write the synthetic corpus), ``check`` (scan a dataset), ``count``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+
+def _filter_from_args(args: argparse.Namespace):
+    from align_hf.data.filtering import FilterConfig
+
+    if args.filter == "none":
+        return None
+    base = FilterConfig.paper() if args.filter == "paper" else FilterConfig.small_corpus(args.image_size)
+    overrides = {
+        name: getattr(args, name)
+        for name in ("min_image_side", "max_aspect_ratio", "max_images_per_text", "min_words", "max_words", "min_token_count")
+        if getattr(args, name) is not None
+    }
+    return dataclasses.replace(base, **overrides)
+
+
+def _add_source_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="webdataset .tar/glob/brace pattern, image folder, parquet, saved dataset, or Hub name")
+    parser.add_argument("--image-column", help="image column / webdataset extension (default: auto-detect)")
+    parser.add_argument("--text-column", help="caption column / webdataset extension (default: auto-detect)")
+    parser.add_argument("--split", default="train", help="split for Hub or saved datasets (default: train)")
+    parser.add_argument("--limit", type=int, help="stop after this many pairs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from align_hf.data.synthetic import SPLITS, SyntheticConfig, write_synthetic_corpus
+
+    values = dict(
+        image_size=args.image_size,
+        num_train=args.num_train,
+        zeroshot_per_class=args.zeroshot_per_class,
+        num_retrieval=args.num_retrieval,
+        noise=args.noise,
+        seed=args.seed,
+        shard_size=args.shard_size,
+    )
+    try:
+        extra = json.loads(args.config) if args.config else {}
+        if not isinstance(extra, dict):
+            raise ValueError("expected a JSON object")
+        values.update(extra)
+        config = SyntheticConfig.from_dict(values)
+    except (ValueError, TypeError) as err:
+        raise SystemExit(f"--config {args.config!r}: {err}") from None
+    manifest = write_synthetic_corpus(args.output, config, num_workers=args.workers, progress=not args.no_progress, splits=args.splits or SPLITS)
+    for split, info in manifest["splits"].items():
+        print(f"{split:<10} {info['num_samples']:>7} pairs in {len(info['shards'])} shards")
+    print(f"train captions: {manifest['train_caption_kinds']}")
+    print(f"{len(manifest['class_names'])} classes, unseen in training: {', '.join(manifest['unseen_class_names'])}")
+    print(f"wrote {os.path.join(args.output, 'manifest.json')}")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from align_hf.data.check import check_pairs, format_report
+    from align_hf.data.decoding import DecodeLimits
+    from align_hf.data.filtering import AlignFilter, FrequencyCounts, count_frequencies
+    from align_hf.data.sources import load_pairs
+
+    def open_pairs():
+        return load_pairs(args.path, image_column=args.image_column, text_column=args.text_column, split=args.split)
+
+    config = _filter_from_args(args)
+    align_filter = None
+    if config is not None:
+        if args.counts:
+            counts = FrequencyCounts.load(args.counts)
+        elif config.needs_counts:
+            counts = count_frequencies(open_pairs(), count_images=config.max_texts_per_image is not None, limit=args.limit, progress=not args.no_progress)
+        else:
+            counts = None
+        if counts is not None and args.save_counts:
+            counts.save(args.save_counts)
+        align_filter = AlignFilter(config, counts)
+    limits = DecodeLimits(max_pixels=args.max_pixels, max_aspect_ratio=args.max_aspect)
+    report = check_pairs(open_pairs(), align_filter, limits, limit=args.limit, progress=not args.no_progress)
+    report["source"] = args.path
+    print(format_report(report))
+    with open(args.json, "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=2)
+    print(f"wrote {args.json}")
+    return 0
+
+
+def run_count(args: argparse.Namespace) -> int:
+    from align_hf.data.filtering import count_frequencies
+    from align_hf.data.sources import load_pairs
+
+    pairs = load_pairs(args.path, image_column=args.image_column, text_column=args.text_column, split=args.split)
+    counts = count_frequencies(pairs, count_images=args.count_images, limit=args.limit, progress=not args.no_progress)
+    counts.save(args.output)
+    shared = sum(1 for v in counts.text_counts.values() if v > 1)
+    print(f"{counts.num_texts} texts, {len(counts.token_counts)} distinct unigrams, {shared} texts shared by 2+ images")
+    print(f"wrote {args.output}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="write the synthetic corpus, scan and count datasets")
+    commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
+
+    synth = commands.add_parser("synth", help="write the synthetic noisy alt-text corpus as webdataset shards")
+    synth.add_argument("--output", required=True, help="output directory")
+    synth.add_argument("--image-size", type=int, default=64, help="image side in pixels (default: 64)")
+    synth.add_argument("--num-train", type=int, default=20000, help="training pairs (default: 20000)")
+    synth.add_argument("--zeroshot-per-class", type=int, default=10, help="zero-shot images per class (default: 10)")
+    synth.add_argument("--num-retrieval", type=int, default=1000, help="retrieval pairs (default: 1000)")
+    synth.add_argument("--noise", type=float, default=0.2, help="share of noisy training captions (default: 0.2)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--shard-size", type=int, default=1000, help="pairs per shard (default: 1000)")
+    synth.add_argument("--splits", nargs="+", choices=("train", "zeroshot", "retrieval"), help="splits to write (default: all)")
+    synth.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes")
+    synth.add_argument("--config", metavar="JSON",
+                       help='other SyntheticConfig fields as a JSON object, e.g. \'{"position_in_caption": 0.3}\' '
+                            "(the quickstart's corpus: see QuickstartRecipe.corpus)")
+    synth.add_argument("--no-progress", action="store_true")
+    synth.set_defaults(func=run_synth)
+
+    check = commands.add_parser("check", help="scan a dataset: decodable pairs, skip reasons, ALIGN filter outcomes")
+    _add_source_args(check)
+    check.add_argument("--json", default="data_check.json", help="where to write the report (default: data_check.json)")
+    check.add_argument("--filter", choices=("paper", "small", "none"), default="paper",
+                       help="filter thresholds: the paper's, 'small' for small corpora, or none (default: paper)")
+    check.add_argument("--image-size", type=int, default=64, help="image size the 'small' preset is sized for")
+    check.add_argument("--min-image-side", type=int)
+    check.add_argument("--max-aspect-ratio", type=float)
+    check.add_argument("--max-images-per-text", type=int)
+    check.add_argument("--min-words", type=int)
+    check.add_argument("--max-words", type=int)
+    check.add_argument("--min-token-count", type=int)
+    check.add_argument("--counts", help="frequency counts JSON from 'align-hf data count' (skips the counting pass)")
+    check.add_argument("--save-counts", help="also save the counts of the counting pass here")
+    check.add_argument("--max-pixels", type=int, default=89_478_485, help="decompression-bomb cap")
+    check.add_argument("--max-aspect", type=float, default=20.0, help="skip images more elongated than this")
+    check.set_defaults(func=run_check)
+
+    count = commands.add_parser("count", help="count texts/tokens (and images) for ALIGN's frequency rules; save as JSON")
+    _add_source_args(count)
+    count.add_argument("--output", required=True, help="counts JSON to write")
+    count.add_argument("--count-images", action="store_true", help="also hash image bytes (for the texts-per-image rule)")
+    count.set_defaults(func=run_count)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="align-hf")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""``align-hf index build`` and ``align-hf search``: cross-modal search from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from align_hf.cli.common import add_model_args, load_model
+
+
+def _image_column(dataset: Any, wanted: str | None) -> str:
+    """``wanted`` if the dataset has it, else its first ``Image`` column, else the first of the data
+    pipeline's usual image column names (:data:`align_hf.data.sources.IMAGE_COLUMNS`) it has."""
+    from align_hf.data.sources import IMAGE_COLUMNS
+
+    features = getattr(dataset, "features", None) or {}
+    if wanted:
+        if features and wanted not in features:
+            raise SystemExit(f"error: no column {wanted!r} in the dataset (columns: {', '.join(features)})")
+        return wanted
+    typed = [name for name, f in features.items() if type(f).__name__ == "Image"]
+    found = typed or [c for c in IMAGE_COLUMNS if c in features]
+    if not found:
+        raise SystemExit(f"error: no image column found among {', '.join(features)}; pass --image-column")
+    return found[0]
+
+
+def open_images(source: str, image_column: str | None, split: str, work_dir: Path) -> tuple[Any, str | None, str]:
+    """Resolve ``--images`` to what :meth:`CrossModalIndex.build` takes.
+
+    Returns ``(images, image_column, default_caption_column)``: a list of paths for a folder or a
+    file list, else a map-style ``datasets.Dataset`` (saved dataset, parquet, webdataset shards,
+    Hub name).
+    """
+    import datasets
+
+    from align_hf.image_io import list_images
+
+    path = Path(source)
+    if path.is_file() and path.suffix in (".txt", ".lst"):
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [str(p if Path(p).is_absolute() else path.parent / p) for p in lines], None, ""
+    if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
+        ds = datasets.load_from_disk(str(path))
+        ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+        return ds, _image_column(ds, image_column), ""
+    files = sorted(glob.glob(str(path / "**" / "*"), recursive=True)) if path.is_dir() else sorted(glob.glob(source))
+    if any(f.endswith(".tar") for f in files):
+        from align_hf.data.sources import iter_records, load_pairs
+
+        shards = [f for f in files if f.endswith(".tar")]
+
+        def rows():
+            for row in iter_records(load_pairs(shards, image_column=image_column)):
+                if not row.get("error"):
+                    yield {"image": row["image"], "text": row["text"], "key": row["key"]}
+
+        # Random access (for resuming) needs a map-style copy; it is written once under the index.
+        ds = datasets.Dataset.from_generator(rows, cache_dir=str(work_dir / "rows"))
+        return ds, "image", "text"
+    if any(f.endswith(".parquet") for f in files):
+        ds = datasets.load_dataset("parquet", data_files=[f for f in files if f.endswith(".parquet")], split="train")
+        return ds, _image_column(ds, image_column), ""
+    if path.is_dir():
+        return list_images(path), None, ""
+    if not path.exists():
+        ds = datasets.load_dataset(source, split=split)  # a Hub dataset name
+        return ds, _image_column(ds, image_column), ""
+    raise SystemExit(f"error: cannot read images from {source}")
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from align_hf.search import CrossModalIndex
+
+    if not args.images and not args.texts:
+        print("error: give --images, --texts or both", file=sys.stderr)
+        return 2
+    output = Path(args.output)
+    images = image_column = None
+    caption_column = args.caption_column
+    if args.images:
+        images, image_column, default_caption = open_images(args.images, args.image_column, args.split, output / "partial")
+        caption_column = caption_column if caption_column is not None else (default_caption or None)
+    texts = None
+    if args.texts:
+        texts = Path(args.texts).read_text(encoding="utf-8").splitlines()
+    model, processor = load_model(args)
+    index = CrossModalIndex.build(
+        model, processor, output, images=images, texts=texts,
+        image_column=image_column or "image", caption_column=caption_column, index_type=args.index_type,
+        memory_budget=int(args.memory_budget * (1 << 30)) if args.memory_budget else None,
+        batch_size=args.batch_size, chunk_size=args.chunk_size, progress=not args.no_progress,
+    )
+    for kind, coll in index.collections.items():
+        skipped = coll.info.get("skipped", [])
+        print(f"{kind}: {len(coll)} indexed ({coll.info['index_type']}), {len(skipped)} skipped")
+        for entry in skipped[:10]:
+            print(f"  skipped {entry['item']}: {entry['reason']}")
+        if len(skipped) > 10:
+            print(f"  ... {len(skipped) - 10} more in {output / 'manifest.json'}")
+    print(f"wrote {output}")
+    return 0
+
+
+def _describe(hit: Any) -> str:
+    meta = hit.metadata
+    main = meta.get("path") or meta.get("text") or meta.get("key") or f"row {meta.get('row', hit.id)}"
+    return f"{main}  ({meta['caption']})" if meta.get("caption") else str(main)
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from align_hf.search import CrossModalIndex, ModelMismatchError, Searcher
+
+    if not args.text and not args.image and not args.minus:
+        print("error: give --text, --image and/or --minus", file=sys.stderr)
+        return 2
+    index = CrossModalIndex.load(args.index)
+    model_name = args.model or index.model_id
+    if not model_name or not (os.path.isdir(model_name) or "/" in model_name):
+        print(f"error: the index does not name a loadable model ({model_name!r}); pass --model", file=sys.stderr)
+        return 2
+    model, processor = load_model(args, model_name)
+    try:
+        searcher = Searcher(index, model, processor, check=not args.no_check)
+    except ModelMismatchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    hits = searcher.search(
+        text=args.text, image=args.image, minus=args.minus, target=args.target, k=args.k,
+        image_weight=args.image_weight, text_weight=args.text_weight,
+    )
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits], indent=1, ensure_ascii=False))
+    else:
+        for hit in hits:
+            print(f"{hit.rank + 1:>3}  {hit.score:+.4f}  {_describe(hit)}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    group = subparsers.add_parser("index", help="build a cross-modal search index")
+    commands = group.add_subparsers(dest="index_command", metavar="SUBCOMMAND")
+    group.set_defaults(func=lambda args: (group.print_help(), 2)[1])
+
+    build = commands.add_parser(
+        "build",
+        help="embed images and/or texts and write a FAISS index",
+        description="Embed an image folder / file list / dataset and/or a text file, then build and save a FAISS "
+        "index. Rerun the same command to resume an interrupted build.",
+    )
+    add_model_args(build)
+    build.add_argument("--images", help="image folder, file list (.txt), saved dataset, parquet, webdataset shards or Hub dataset")
+    build.add_argument("--texts", help="text file, one text per line, for image->text search")
+    build.add_argument("--output", required=True, help="index directory to write")
+    build.add_argument("--image-column", help="image column for datasets (default: auto-detect)")
+    build.add_argument("--caption-column", help="column kept as each image's caption in the results (may be a dotted path)")
+    build.add_argument("--split", default="train", help="split for saved or Hub datasets (default: train)")
+    build.add_argument("--index-type", choices=("auto", "flat", "hnsw", "ivf"), default="auto",
+                       help="auto: exact up to 100k vectors, then HNSW if it fits --memory-budget, else IVF-PQ (default: auto)")
+    build.add_argument("--memory-budget", type=float, help="GiB the index may use (default: half the available memory)")
+    build.add_argument("--chunk-size", type=int, default=2048, help="items per resumable chunk (default: 2048)")
+    build.set_defaults(func=run_build)
+
+    query = subparsers.add_parser(
+        "search",
+        help="query an index with text, an image, or both",
+        description="text->image, image->text, image->image and image+text search. "
+        "Composed queries add weighted unit embeddings (image x1 + text x2 by default) and renormalise. "
+        "--model defaults to the model recorded in the index.",
+    )
+    query.add_argument("--index", required=True, help="index directory from 'align-hf index build'")
+    add_model_args(query, required=False, batched=False)
+    query.add_argument("--text", action="append", help="text to add to the query (repeatable)")
+    query.add_argument("--minus", action="append", help="text to subtract from the query (repeatable)")
+    query.add_argument("--image", help="query image file")
+    query.add_argument("--target", choices=("image", "text"), help="collection to search (default: images if indexed)")
+    query.add_argument("--k", type=int, default=10, help="number of results (default: 10)")
+    query.add_argument("--image-weight", type=float, default=1.0, help="weight of the image (default: 1)")
+    query.add_argument("--text-weight", type=float, default=2.0, help="weight of each text (default: 2)")
+    query.add_argument("--json", action="store_true", help="print results as JSON")
+    query.add_argument("--no-check", action="store_true", help="skip the check that --model is the index's model")
+    query.set_defaults(func=run_search)

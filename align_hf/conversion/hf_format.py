@@ -1,0 +1,257 @@
+"""Conversion between transformers' ALIGN format (``model_type="align"``, e.g. kakaobrain/align-base)
+and align_hf's layout, in both directions.
+
+transformers keeps the EfficientNet blocks as one flat list with its own layer names; align_hf keeps
+timm's ``blocks.<stage>.<block>`` names. Both describe the same network (same tensors, same
+order), so conversion is a renaming plus the config translation.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import torch
+
+from align_hf.configuration_align import AlignConfig
+
+# (width_coefficient, depth_coefficient) of the EfficientNet family, as in the TF reference code.
+EFFICIENTNET_SCALES: dict[str, tuple[float, float]] = {
+    "b0": (1.0, 1.0),
+    "b1": (1.0, 1.1),
+    "b2": (1.1, 1.2),
+    "b3": (1.2, 1.4),
+    "b4": (1.4, 1.8),
+    "b5": (1.6, 2.2),
+    "b6": (1.8, 2.6),
+    "b7": (2.0, 3.1),
+    "b8": (2.2, 3.6),
+    "l2": (4.3, 5.3),
+}
+# EfficientNet-B0's base stages; other scalings of them are the only vision towers timm can build.
+_BASE_STAGES = dict(
+    kernel_sizes=[3, 3, 5, 3, 5, 5, 3],
+    in_channels=[32, 16, 24, 40, 80, 112, 192],
+    out_channels=[16, 24, 40, 80, 112, 192, 320],
+    strides=[1, 2, 2, 2, 1, 2, 1],
+    num_block_repeats=[1, 2, 2, 3, 3, 4, 1],
+    expand_ratios=[1, 6, 6, 6, 6, 6, 6],
+)
+_TEXT_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "initializer_range",
+    "layer_norm_eps",
+    "pad_token_id",
+)
+
+
+def _efficientnet_variant(width: float, depth: float) -> str:
+    for name, (w, d) in EFFICIENTNET_SCALES.items():
+        if math.isclose(w, width) and math.isclose(d, depth):
+            return name
+    raise ValueError(
+        f"No EfficientNet variant has width_coefficient={width} and depth_coefficient={depth}; "
+        f"known: {EFFICIENTNET_SCALES}"
+    )
+
+
+def config_from_hf(hf_config: dict[str, Any], image_size: int = 289) -> AlignConfig:
+    """Translate a transformers ``AlignConfig`` dict (``model_type="align"``) to an align_hf config."""
+    if hf_config.get("model_type") != "align":
+        raise ValueError(f"Expected a transformers ALIGN config (model_type 'align'), got {hf_config.get('model_type')!r}")
+    vision = dict(hf_config.get("vision_config") or {})
+    text = dict(hf_config.get("text_config") or {})
+    for key, expected in _BASE_STAGES.items():
+        if key in vision and list(vision[key]) != expected:
+            raise ValueError(f"vision_config.{key}={vision[key]} is not EfficientNet's; cannot map it to timm")
+    if vision.get("depth_divisor", 8) != 8 or vision.get("squeeze_expansion_ratio", 0.25) != 0.25:
+        raise ValueError("Only EfficientNet's depth_divisor=8 and squeeze_expansion_ratio=0.25 can be converted")
+    if vision.get("hidden_act", "swish") not in ("swish", "silu"):
+        raise ValueError(f"Unsupported vision activation {vision.get('hidden_act')!r}")
+    variant = _efficientnet_variant(vision.get("width_coefficient", 2.0), vision.get("depth_coefficient", 3.1))
+    pooling = {"mean": "avg", "max": "max"}[vision.get("pooling_type", "mean")]
+    tf_momentum = vision.get("batch_norm_momentum", 0.99)
+    vision_config = dict(
+        model_name=f"tf_efficientnet_{variant}",
+        image_size=image_size,
+        num_channels=vision.get("num_channels", 3),
+        padding="keras",
+        symmetric_padding_blocks=list(vision.get("depthwise_padding") or []),
+        pooling=pooling,
+        batch_norm_eps=vision.get("batch_norm_eps", 1e-3),
+        # transformers hands TF's decay (0.99) to torch, where momentum means the opposite.
+        batch_norm_momentum=round(1.0 - tf_momentum, 6) if tf_momentum > 0.5 else tf_momentum,
+        drop_path_rate=0.0,
+    )
+    text_config = {k: text[k] for k in _TEXT_FIELDS if k in text}
+    return AlignConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        projection_dim=hf_config.get("projection_dim", 640),
+        temperature_init_value=hf_config.get("temperature_init_value", 1.0),
+    )
+
+
+def config_to_hf(config: AlignConfig) -> dict[str, Any]:
+    """The transformers ``AlignConfig`` dict for an align_hf config (EfficientNet towers only)."""
+    vision = config.vision_config
+    match = re.fullmatch(r"tf_efficientnet_(b\d|l2)", vision.model_name)
+    if not match or vision.padding != "keras" or vision.image_projection_dim or vision.keep_head:
+        raise ValueError(
+            "Only tf_efficientnet_b0..b8/l2 towers with keras padding, no image projection and no head conv "
+            f"exist in transformers' ALIGN; this model has {vision.model_name!r} (padding={vision.padding!r}, "
+            f"image_projection_dim={vision.image_projection_dim})"
+        )
+    if config.text_config.text_model_type != "bert":
+        raise ValueError("transformers' ALIGN has a BERT text tower only")
+    width, depth = EFFICIENTNET_SCALES[match.group(1)]
+    last_width = round_filters(320, width)
+    vision_dict = dict(
+        _BASE_STAGES,
+        num_channels=vision.num_channels,
+        image_size=vision.image_size,
+        width_coefficient=width,
+        depth_coefficient=depth,
+        depth_divisor=8,
+        depthwise_padding=list(vision.symmetric_padding_blocks),
+        squeeze_expansion_ratio=0.25,
+        hidden_act="swish",
+        hidden_dim=max(2560, last_width),
+        pooling_type={"avg": "mean", "max": "max"}[vision.pooling],
+        batch_norm_eps=vision.batch_norm_eps,
+        batch_norm_momentum=0.99,
+    )
+    text = config.text_config
+    text_dict = {k: getattr(text, k) for k in _TEXT_FIELDS}
+    return dict(
+        model_type="align",
+        architectures=["AlignModel"],
+        projection_dim=config.projection_dim,
+        temperature_init_value=config.temperature_init_value,
+        text_config=text_dict,
+        vision_config=vision_dict,
+    )
+
+
+def round_filters(channels: float, width: float, divisor: int = 8) -> int:
+    """EfficientNet's channel rounding: ``channels * width`` to a multiple of ``divisor``, at most 10% down."""
+    channels *= width
+    new = max(divisor, int(channels + divisor / 2) // divisor * divisor)
+    if new < 0.9 * channels:
+        new += divisor
+    return int(new)
+
+
+def _stage_of_flat_blocks(config: AlignConfig) -> list[tuple[int, int, bool]]:
+    """(stage, index in stage, has expansion conv) for every block, in transformers' flat order."""
+    _, depth = EFFICIENTNET_SCALES[config.vision_config.model_name.rsplit("_", 1)[-1]]
+    blocks = []
+    for stage, (repeats, expand) in enumerate(zip(_BASE_STAGES["num_block_repeats"], _BASE_STAGES["expand_ratios"])):
+        for index in range(int(math.ceil(depth * repeats))):
+            blocks.append((stage, index, expand != 1))
+    return blocks
+
+
+# transformers block layer -> timm layer, for blocks with (InvertedResidual) and without
+# (DepthwiseSeparableConv) an expansion conv.
+_EXPANDED = {
+    "expansion.expand_conv": "conv_pw",
+    "expansion.expand_bn": "bn1",
+    "depthwise_conv.depthwise_conv": "conv_dw",
+    "depthwise_conv.depthwise_norm": "bn2",
+    "squeeze_excite.reduce": "se.conv_reduce",
+    "squeeze_excite.expand": "se.conv_expand",
+    "projection.project_conv": "conv_pwl",
+    "projection.project_bn": "bn3",
+}
+_SEPARABLE = {
+    "depthwise_conv.depthwise_conv": "conv_dw",
+    "depthwise_conv.depthwise_norm": "bn1",
+    "squeeze_excite.reduce": "se.conv_reduce",
+    "squeeze_excite.expand": "se.conv_expand",
+    "projection.project_conv": "conv_pw",
+    "projection.project_bn": "bn2",
+}
+# Keys of a transformers checkpoint that have no counterpart (the unused BERT pooler, buffers).
+_HF_IGNORED = re.compile(r"^(text_model\.pooler\..*|text_model\.embeddings\.(position_ids|token_type_ids))$")
+
+
+def _key_map(config: AlignConfig) -> dict[str, str]:
+    """transformers key -> align_hf key for every tensor of the model described by ``config``."""
+    mapping = {
+        "temperature": "contrastive_head.temperature",
+        "text_projection.weight": "text_projection.weight",
+        "text_projection.bias": "text_projection.bias",
+    }
+    bn_fields = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    for field in bn_fields:
+        mapping[f"vision_model.embeddings.batchnorm.{field}"] = f"vision_model.backbone.bn1.{field}"
+    mapping["vision_model.embeddings.convolution.weight"] = "vision_model.backbone.conv_stem.weight"
+    for flat, (stage, index, expanded) in enumerate(_stage_of_flat_blocks(config)):
+        layers = _EXPANDED if expanded else _SEPARABLE
+        for hf_layer, timm_layer in layers.items():
+            if hf_layer.endswith(("_conv", "conv")) and "squeeze" not in hf_layer:
+                fields = ("weight",)
+            elif "squeeze" in hf_layer:
+                fields = ("weight", "bias")
+            else:
+                fields = bn_fields
+            for field in fields:
+                mapping[f"vision_model.encoder.blocks.{flat}.{hf_layer}.{field}"] = (
+                    f"vision_model.backbone.blocks.{stage}.{index}.{timm_layer}.{field}"
+                )
+    return mapping
+
+
+def _text_key_to_ours(key: str) -> str | None:
+    if key.startswith(("text_model.embeddings.", "text_model.encoder.")):
+        return "text_model.transformer." + key[len("text_model.") :]
+    return None
+
+
+def state_dict_from_hf(hf_state: dict[str, torch.Tensor], config: AlignConfig) -> dict[str, torch.Tensor]:
+    """Rename a transformers ALIGN state dict to align_hf's keys.
+
+    Raises ``ValueError`` listing every key that is neither mapped nor ignored by rule.
+    """
+    mapping = _key_map(config)
+    converted, unknown = {}, []
+    for key, tensor in hf_state.items():
+        target = mapping.get(key) or _text_key_to_ours(key)
+        if target is not None:
+            converted[target] = tensor
+        elif not _HF_IGNORED.match(key):
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"{len(unknown)} tensors of the transformers checkpoint have no place in align_hf: {unknown[:20]}")
+    return converted
+
+
+def state_dict_to_hf(state: dict[str, torch.Tensor], config: AlignConfig) -> dict[str, torch.Tensor]:
+    """Rename an align_hf state dict to transformers' ALIGN keys (adds the unused BERT pooler)."""
+    inverse = {ours: theirs for theirs, ours in _key_map(config).items()}
+    converted, unknown = {}, []
+    for key, tensor in state.items():
+        if key in inverse:
+            converted[inverse[key]] = tensor
+        elif key.startswith("text_model.transformer."):
+            converted["text_model." + key[len("text_model.transformer.") :]] = tensor
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"These align_hf tensors have no place in transformers' ALIGN: {unknown[:20]}")
+    hidden = config.text_config.hidden_size
+    # transformers' text tower owns a BERT pooler that ALIGN never uses; give it a neutral value.
+    converted["text_model.pooler.dense.weight"] = torch.eye(hidden)
+    converted["text_model.pooler.dense.bias"] = torch.zeros(hidden)
+    return converted

@@ -1,0 +1,138 @@
+"""Batched embedding of images and texts for evaluation, search and the demo.
+
+Unreadable images are skipped and listed rather than raised, so a long job keeps going.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from align_hf.image_io import open_image
+
+logger = logging.getLogger(__name__)
+
+ImageLike = Any  # PIL.Image.Image, a path, raw bytes, or a {"bytes"/"path"} dict (datasets Image(decode=False))
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _batched(items: Iterable[Any], batch_size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def encode_texts(
+    model: torch.nn.Module,
+    processor: Any,
+    texts: Sequence[str],
+    batch_size: int = 256,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Embed texts with ``model.encode_text``; returns ``(N, D)`` float32 L2-normalised, on CPU."""
+    texts = list(texts)
+    if not texts:
+        raise ValueError("no texts to encode")
+    device = _model_device(model)
+    chunks = []
+    for batch in tqdm(list(_batched(texts, batch_size)), desc="encode texts", disable=not progress, unit="batch"):
+        enc = processor(text=batch, return_tensors="pt", padding=True, truncation=True)
+        inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        chunks.append(model.encode_text(**inputs, normalize=True).float().cpu())
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def encode_pil_images(model: torch.nn.Module, processor: Any, images: Sequence[Image.Image]) -> torch.Tensor:
+    """Embed one batch of already opened images; returns ``(B, D)`` float32 normalised, on CPU."""
+    pixel_values = processor(images=list(images), return_tensors="pt")["pixel_values"]
+    param = next(model.parameters())  # inputs follow the model's device and dtype (fp16/bf16 models)
+    emb = model.encode_image(pixel_values.to(device=param.device, dtype=param.dtype), normalize=True)
+    return emb.float().cpu()
+
+
+@dataclass
+class EncodedImages:
+    """Result of :func:`encode_images`: embeddings of the readable images and what was skipped."""
+
+    embeddings: torch.Tensor  # (N_ok, D)
+    kept: list[int]  # positions (in the input order) of the rows in ``embeddings``
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
+
+
+@torch.no_grad()
+def encode_images(
+    model: torch.nn.Module,
+    processor: Any,
+    images: Iterable[ImageLike],
+    batch_size: int = 64,
+    progress: bool = True,
+    total: int | None = None,
+    loader: Callable[[Any], Image.Image] = open_image,
+) -> EncodedImages:
+    """Embed images in batches, skipping (and listing) the ones that cannot be read.
+
+    Args:
+        images: items ``loader`` turns into PIL images (by default PIL images, paths, bytes or
+            ``{"bytes", "path"}`` dicts).
+        loader: opens one item; any exception it raises marks the item as skipped.
+
+    Returns:
+        :class:`EncodedImages` with ``(N_ok, D)`` float32 normalised embeddings on CPU (``N_ok`` may
+        be 0 when nothing could be read).
+    """
+    if total is None and hasattr(images, "__len__"):
+        total = len(images)  # type: ignore[arg-type]
+    chunks: list[torch.Tensor] = []
+    kept: list[int] = []
+    skipped: list[tuple[int, str]] = []
+    pending: list[Image.Image] = []
+    pending_pos: list[int] = []
+    bar = tqdm(total=total, desc="encode images", disable=not progress, unit="img")
+
+    def flush() -> None:
+        if pending:
+            chunks.append(encode_pil_images(model, processor, pending))
+            kept.extend(pending_pos)
+            bar.update(len(pending))
+            pending.clear()
+            pending_pos.clear()
+
+    for pos, item in enumerate(images):
+        try:
+            pending.append(loader(item))
+            pending_pos.append(pos)
+        except Exception as err:  # unreadable file: skip it, a long job must not die on one image
+            skipped.append((pos, f"{type(err).__name__}: {err}"))
+            bar.update(1)
+            continue
+        if len(pending) == batch_size:
+            flush()
+    flush()
+    bar.close()
+    if skipped:
+        logger.warning("skipped %d unreadable images", len(skipped))
+    if not chunks:  # nothing readable: an empty (0, D) result, the caller decides whether that is fatal
+        dim = int(getattr(getattr(model, "config", None), "projection_dim", 0) or 0)
+        return EncodedImages(torch.zeros(0, dim), kept, skipped)
+    return EncodedImages(torch.cat(chunks), kept, skipped)
+
+
+__all__ = ["ImageLike", "encode_texts", "encode_images", "encode_pil_images", "EncodedImages"]
