@@ -14,11 +14,13 @@ SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 PICKLE_WEIGHTS = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
-_HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+# The ``from_pretrained`` keyword arguments that say where and how files are fetched.
+HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
 def hub_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: kwargs[k] for k in _HUB_OPTIONS if kwargs.get(k) is not None}
+    """The :data:`HUB_OPTIONS` set (not None) in ``kwargs``, to hand to ``cached_file``."""
+    return {k: kwargs[k] for k in HUB_OPTIONS if kwargs.get(k) is not None}
 
 
 def resolve_file(repo: str | os.PathLike, filename: str, **options) -> str | None:

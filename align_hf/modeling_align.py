@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +21,7 @@ from transformers.modeling_outputs import (
 from transformers.utils import ModelOutput
 
 from .configuration_align import AlignConfig, AlignTextConfig, AlignVisionConfig
+from .image_backbone import build_image_backbone
 from .loss import AlignContrastiveHead
 
 # Keeps the normalisation finite for an all-zero embedding (transformers' AlignModel returns NaN there).
@@ -65,101 +65,6 @@ class AlignOutput(ModelOutput):
             self[k] if k not in ("text_model_output", "vision_model_output") else getattr(self, k).to_tuple()
             for k in self.keys()
         )
-
-
-class KerasPadConv2d(nn.Conv2d):
-    """A 'valid' convolution after a fixed zero padding ``(left, right, top, bottom)``.
-
-    Keras' ``correct_pad`` pads stride-2 convolutions by ``(k//2 - 1, k//2)`` whatever the input
-    size, which differs from TF 'SAME' on odd sizes (289 px). Keeping it a ``Conv2d`` subclass
-    leaves the state-dict keys of the timm module it replaces unchanged.
-    """
-
-    def __init__(self, *args, fixed_padding: tuple[int, int, int, int], **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fixed_padding = tuple(int(p) for p in fixed_padding)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(F.pad(x, self.fixed_padding))
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", fixed_padding={self.fixed_padding}"
-
-
-def _keras_padded(conv: nn.Conv2d, symmetric: bool) -> KerasPadConv2d:
-    kh, kw = conv.kernel_size
-    if symmetric:
-        pad = (kw // 2, kw // 2, kh // 2, kh // 2)
-    else:
-        pad = (kw // 2 - 1, kw // 2, kh // 2 - 1, kh // 2)
-    new = KerasPadConv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=0,
-        dilation=conv.dilation,
-        groups=conv.groups,
-        bias=conv.bias is not None,
-        fixed_padding=pad,
-        device=conv.weight.device,
-        dtype=conv.weight.dtype,
-    )
-    new.load_state_dict(conv.state_dict())
-    return new
-
-
-def _apply_keras_padding(backbone: nn.Module, symmetric_blocks: set[int]) -> None:
-    """Swap every stride-2 conv of the stem and the blocks for a :class:`KerasPadConv2d`."""
-    if isinstance(getattr(backbone, "conv_stem", None), nn.Conv2d) and backbone.conv_stem.stride != (1, 1):
-        backbone.conv_stem = _keras_padded(backbone.conv_stem, symmetric=False)
-    flat_index = 0
-    for stage in backbone.blocks:
-        for block in stage:
-            for name, child in list(block.named_children()):
-                if isinstance(child, nn.Conv2d) and child.stride != (1, 1):
-                    setattr(block, name, _keras_padded(child, symmetric=flat_index in symmetric_blocks))
-            flat_index += 1
-
-
-def build_image_backbone(config: AlignVisionConfig) -> tuple[nn.Module, int]:
-    """Create the timm backbone for ``config``; returns it with its pooled feature width."""
-    timm_pad = {"keras": "", "same": "same", "symmetric": ""}[config.padding]
-    kwargs = dict(config.timm_kwargs)
-    kwargs.setdefault("pad_type", timm_pad)
-    if config.drop_path_rate:
-        kwargs.setdefault("drop_path_rate", config.drop_path_rate)
-    try:
-        backbone = timm.create_model(
-            config.model_name,
-            pretrained=False,
-            num_classes=0,
-            global_pool="",
-            in_chans=config.num_channels,
-            **kwargs,
-        )
-    except TypeError:
-        # Not every timm family takes pad_type; only "keras" mode needs our own padding anyway.
-        kwargs.pop("pad_type", None)
-        backbone = timm.create_model(
-            config.model_name, pretrained=False, num_classes=0, global_pool="", in_chans=config.num_channels, **kwargs
-        )
-    if config.padding == "keras":
-        if not hasattr(backbone, "blocks"):
-            raise ValueError(f"padding='keras' needs an EfficientNet-style timm model, got {config.model_name!r}")
-        _apply_keras_padding(backbone, set(config.symmetric_padding_blocks))
-    if not config.keep_head and hasattr(backbone, "conv_head"):
-        # ALIGN pools the last block directly: the 1x1 head conv and its BN are not used.
-        backbone.conv_head = nn.Identity()
-        backbone.bn2 = nn.Identity()
-        width = backbone.feature_info[-1]["num_chs"]
-    else:
-        width = backbone.num_features
-    for module in backbone.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eps = config.batch_norm_eps
-            module.momentum = config.batch_norm_momentum
-    return backbone, width
 
 
 class AlignPreTrainedModel(PreTrainedModel):
@@ -402,7 +307,15 @@ class AlignModel(AlignPreTrainedModel):
         options = hub_options(kwargs)
         config_dict = read_config_dict(pretrained_model_name_or_path, **options)
         if config_dict is not None and config_dict.get("model_type") == "align":
-            return cls._from_transformers_format(pretrained_model_name_or_path, config_dict, allow_pickle, **kwargs)
+            # In a try block so transformers' remote-code import check skips it: a saved folder
+            # never holds this format, and loading it is an align_hf feature.
+            try:
+                from align_hf.conversion.hf_format import load_transformers_format
+            except ImportError as exc:
+                raise ImportError(
+                    "Loading a transformers-format ALIGN checkpoint (model_type 'align') needs the align_hf package"
+                ) from exc
+            return load_transformers_format(cls, pretrained_model_name_or_path, config_dict, allow_pickle, **kwargs)
         if not allow_pickle:
             if kwargs.get("use_safetensors") is False:
                 raise ValueError("use_safetensors=False needs allow_pickle=True")
@@ -411,48 +324,6 @@ class AlignModel(AlignPreTrainedModel):
 
             weight_files(pretrained_model_name_or_path, allow_pickle=False, **options)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-
-    @classmethod
-    def _from_transformers_format(cls, repo, config_dict, allow_pickle: bool, **kwargs) -> "AlignModel":
-        from align_hf.conversion.hf_format import config_from_hf, state_dict_from_hf
-        from .hub import hub_options, load_weight_file, resolve_file, weight_files
-
-        options = hub_options(kwargs)
-        image_size = 289
-        for name in ("preprocessor_config.json", "processor_config.json"):
-            processor_path = resolve_file(repo, name, **options)
-            if processor_path:
-                import json
-
-                with open(processor_path, encoding="utf-8") as handle:
-                    settings = json.load(handle)
-                settings = settings.get("image_processor", settings)
-                image_size = (settings.get("crop_size") or {}).get("height", image_size)
-                break
-        config = config_from_hf(config_dict, image_size=image_size)
-        config.name_or_path = str(repo)
-        hf_state = {}
-        for path in weight_files(repo, allow_pickle=allow_pickle, **options):
-            hf_state.update(load_weight_file(path))
-        state = state_dict_from_hf(hf_state, config)
-        model = cls(config)
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        wrong_shape = [
-            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-            for k, v in state.items()
-            if k in expected and v.shape != expected[k].shape
-        ]
-        if missing or wrong_shape:
-            raise ValueError(
-                f"The transformers checkpoint at {repo} does not fit the model its config describes: "
-                f"missing {missing[:20]}, wrong shapes {wrong_shape[:20]}"
-            )
-        model.load_state_dict(state, strict=True)
-        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
-        if isinstance(dtype, torch.dtype):
-            model = model.to(dtype)
-        return model.eval()
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """``PreTrainedModel.save_pretrained`` plus the remote-code entry for zero-shot pipelines."""

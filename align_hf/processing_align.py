@@ -18,11 +18,14 @@ from transformers.image_utils import PILImageResampling
 from transformers.models.efficientnet.image_processing_efficientnet import EfficientNetImageProcessor
 from transformers.processing_utils import ProcessorMixin
 
+from .hub import HUB_OPTIONS
 from .image_io import to_rgb
 
 ALIGN_RESIZE = 346
 ALIGN_CROP = 289
 ALIGN_MAX_LENGTH = 64
+
+
 def _as_image_list(images: Any) -> list:
     if isinstance(images, (Image.Image,)):
         return [images]
@@ -133,14 +136,13 @@ class AlignProcessor(ProcessorMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "AlignProcessor":
         """Load from an align_hf or transformers-format ALIGN folder or Hub repo."""
-        hub_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _HUB_OPTIONS}
+        hub_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_OPTIONS or k == "trust_remote_code"}
         image_processor = AlignImageProcessor.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         return cls(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
 
 
 _TOKENIZER_OPTIONS = {"padding", "max_length", "truncation", "return_attention_mask", "return_token_type_ids", "pad_to_multiple_of"}
-_HUB_OPTIONS = {"cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "trust_remote_code"}
 
 
 __all__ = ["AlignImageProcessor", "AlignProcessor", "resize_for", "to_rgb"]

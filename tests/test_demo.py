@@ -515,6 +515,38 @@ def test_cli_with_explicit_model_and_index(demo_server, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_cli_defaults_are_the_demo_limits():
+    from align_hf.cli import build_parser
+    from align_hf.demo.limits import (
+        DEFAULT_CONCURRENCY,
+        DEFAULT_MAX_BATCH_SIZE,
+        DEFAULT_MAX_FILE_SIZE,
+        DEFAULT_MAX_PIXELS,
+    )
+
+    args = build_parser().parse_args(["demo"])
+    assert args.max_file_size == DEFAULT_MAX_FILE_SIZE and args.concurrency == DEFAULT_CONCURRENCY
+    assert args.max_batch_size == DEFAULT_MAX_BATCH_SIZE and int(args.max_megapixels * 1e6) == DEFAULT_MAX_PIXELS
+
+
+def test_demo_loads_models_through_the_one_loader(demo_server, tmp_path):
+    from align_hf.demo.setup import DemoSetupError, load_model
+    from align_hf.evaluation.encoding import encode_pil_images
+
+    with pytest.raises(DemoSetupError, match=r"cannot load model '.*nope'"):
+        load_model(tmp_path / "nope", device="cpu")
+    model_dir = tmp_path / "model"
+    demo_server.model.save_pretrained(model_dir)
+    demo_server.processor.save_pretrained(model_dir)
+    model, processor, name = load_model(model_dir, device="cpu")
+    assert name == str(model_dir) and not model.training
+    image = Image.new("RGB", (40, 30), (200, 40, 40))
+    with torch.no_grad():  # BatchNorm folded for serving: same embeddings as the trained model
+        want = encode_pil_images(demo_server.model.eval(), processor, [image])
+        got = encode_pil_images(model, processor, [image])
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
 # ------------------------------------------------------------------------------------------------
 # Hugging Face Space files
 # ------------------------------------------------------------------------------------------------

@@ -145,5 +145,5 @@ def test_skipped_rows_are_counted_and_logged(tiny, corpus, caplog):
         m = evaluate_retrieval(model, processor, rows, progress=False)
     assert m["skipped"] == 1 and m["num_images"] == 3
     assert "1 rows without a caption in 'caption'" in caplog.text
-    with pytest.raises(ValueError, match="nothing to evaluate: 1 unreadable images, 0 rows without captions"):
+    with pytest.raises(ValueError, match="nothing to evaluate: 1 unreadable images, 0 rows without a caption"):
         evaluate_retrieval(model, processor, [{"image": b"broken", "caption": "x"}], progress=False)

@@ -42,6 +42,22 @@ def test_saved_folder_is_hub_ready(saved):
     assert config["auto_map"]["AutoModelForZeroShotImageClassification"] == "modeling_align.AlignModel"
 
 
+def test_saved_folder_carries_only_the_model_code(saved):
+    # save_pretrained copies modeling_align.py and, recursively, every module it imports
+    # relatively: this is what a remote-code load of the model needs, and nothing more.
+    _, _, folder = saved
+    code = {name for name in os.listdir(folder) if name.endswith(".py")}
+    assert code == {
+        "configuration_align.py",
+        "modeling_align.py",
+        "image_backbone.py",
+        "loss.py",
+        "loss_tiles.py",
+        "hub.py",  # from_pretrained reads configs and weight lists through it
+        "batchnorm_folding.py",  # for_inference()
+    }
+
+
 def test_auto_classes_resolve_to_align_hf(saved):
     _, _, folder = saved
     assert type(transformers.AutoModel.from_pretrained(folder)) is AlignModel

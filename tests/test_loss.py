@@ -305,12 +305,12 @@ def test_other_bad_arguments_raise():
 
 _MEMORY_PROBE = textwrap.dedent(
     """
-    import importlib.util, json, re, sys, torch
-    # Load the module by path: the probe needs the loss, not the whole package's imports.
-    spec = importlib.util.spec_from_file_location("align_loss_probe", sys.argv[4])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    import importlib, json, os, re, sys, types, torch
+    # Load the loss by path: the probe needs it (and its tile module), not the whole package's imports.
+    package = types.ModuleType("align_loss_probe")
+    package.__path__ = [os.path.dirname(sys.argv[4])]
+    sys.modules[package.__name__] = package
+    module = importlib.import_module("align_loss_probe.loss")
     contrastive_loss = module.contrastive_loss
     n, d, method = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     torch.set_num_threads(1)  # two probes run side by side on a small machine

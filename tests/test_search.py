@@ -409,3 +409,20 @@ def test_loaded_index_can_be_saved_again_in_place(built, tmp_path):
     assert again["image"].metadata == loaded["image"].metadata
     hits = [h.id for h in again["image"].search(before[:3], k=3)[0]]
     assert hits == [h.id for h in loaded["image"].search(before[:3], k=3)[0]] and hits[0] == 0
+
+
+def test_package_exports_every_public_name():
+    for name in search.__all__:
+        assert getattr(search, name) is not None, name
+
+
+def test_cli_finds_image_columns_by_the_data_pipeline_names(tmp_path):
+    import datasets
+
+    from align_hf.cli.search import open_images
+    from align_hf.data.sources import IMAGE_COLUMNS
+
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"caption": ["a", "b"], "image_bytes": [b"x", b"y"]}).save_to_disk(str(saved))
+    rows, column, _ = open_images(str(saved), None, "train", tmp_path / "work")
+    assert column == "image_bytes" and column in IMAGE_COLUMNS and len(rows) == 2

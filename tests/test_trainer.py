@@ -270,3 +270,52 @@ def test_time_budget_stops_the_run_with_the_learning_rate_decayed(train_corpus, 
     generous.train()
     logged = [e["learning_rate"] for e in generous.state.log_history if "loss" in e and "step" in e]
     assert generous.state.global_step == 3 and logged == pytest.approx([1e-3, 1e-3 * 2 / 3, 1e-3 / 3], rel=1e-3)
+
+
+def test_preset_processor_sizes_with_and_without_crop(train_corpus):
+    tokenizer = tiny_setup(train_corpus)[1].tokenizer
+    cropped = preset_processor(289, tokenizer).image_processor
+    assert (cropped.size["height"], cropped.crop_size["height"]) == (346, 289)
+    assert preset_processor(32, tokenizer).image_processor.size["height"] == 38  # 32 * 346 / 289, rounded
+    whole = preset_processor(64, tokenizer, crop=False).image_processor
+    assert (whole.size["height"], whole.crop_size["height"]) == (64, 64)
+
+
+def test_build_train_stream_is_the_trainers_stream(train_corpus, tmp_path):
+    from align_hf.data.pipeline import ImageTextPairs, build_train_stream
+    from align_hf.data.transforms import LEFT_RIGHT_SWAP
+
+    model, processor = tiny_setup(train_corpus)
+    source = os.path.join(train_corpus, "train")
+    stream = build_train_stream(source, processor.image_processor, seed=3, flip_swap=LEFT_RIGHT_SWAP, shuffle_buffer=16)
+    sample = next(iter(stream))
+    assert sample["pixel_values"].shape == (3, 32, 32) and isinstance(sample["text"], str)
+    assert stream.seed == 3 and stream.flip_swap is LEFT_RIGHT_SWAP
+    with pytest.raises(ValueError, match="image_processor"):
+        build_train_stream(source)
+
+    trainer = AlignTrainer(model=model, args=training_args(tmp_path, max_steps=1), train_dataset=source,
+                           processing_class=processor, flip_swap=LEFT_RIGHT_SWAP)
+    assert isinstance(trainer.train_dataset, ImageTextPairs) and trainer.train_dataset.flip_swap is LEFT_RIGHT_SWAP
+    assert trainer.train_transform is not None and trainer.data_stats() is None  # nothing streamed yet
+    trainer.train()
+    stats = trainer.data_stats()
+    assert stats.kept >= 8 and stats.total >= stats.kept
+
+
+def test_data_stats_is_none_for_map_style_data(train_corpus, tmp_path):
+    model, processor = tiny_setup(train_corpus)
+    trainer = AlignTrainer(model=model, args=training_args(tmp_path, max_steps=1),
+                           train_dataset=fixed_samples(train_corpus, processor, 8), processing_class=processor)
+    trainer.train()
+    assert trainer.data_stats() is None
+
+
+def test_run_training_rejects_other_tasks(tmp_path):
+    from align_hf.training.arguments import DataArguments, ModelArguments
+    from align_hf.training.pretrain import run_training
+
+    with pytest.raises(ValueError, match="run_classification"):
+        run_training(ModelArguments(), DataArguments(task="classification", train_data="x"), training_args(tmp_path))
+    with pytest.raises(ValueError, match="train_data"):
+        run_training(ModelArguments(), DataArguments(), training_args(tmp_path))

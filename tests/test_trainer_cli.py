@@ -105,3 +105,10 @@ def test_linear_probe_starts_from_the_zero_shot_classifier(train_corpus, tmp_pat
     for name, value in probe.state_dict().items():
         if name.startswith("vision_model."):
             torch.testing.assert_close(value, base.state_dict()[name], msg=name)
+
+
+def test_train_config_file_with_an_unknown_key_is_refused(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"model": "tiny", "learning_rat": 1e-3}))
+    with pytest.raises(ValueError, match="learning_rat"):
+        main(["train", str(path)])

@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
+
+from align_hf.cli.common import add_command_group, add_progress_arg, add_source_args, write_json
 
 
 def _filter_from_args(args: argparse.Namespace):
@@ -25,11 +26,10 @@ def _filter_from_args(args: argparse.Namespace):
 
 def _add_source_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="webdataset .tar/glob/brace pattern, image folder, parquet, saved dataset, or Hub name")
-    parser.add_argument("--image-column", help="image column / webdataset extension (default: auto-detect)")
+    add_source_args(parser, split="train")
     parser.add_argument("--text-column", help="caption column / webdataset extension (default: auto-detect)")
-    parser.add_argument("--split", default="train", help="split for Hub or saved datasets (default: train)")
     parser.add_argument("--limit", type=int, help="stop after this many pairs")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_arg(parser)
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -86,9 +86,7 @@ def run_check(args: argparse.Namespace) -> int:
     report = check_pairs(open_pairs(), align_filter, limits, limit=args.limit, progress=not args.no_progress)
     report["source"] = args.path
     print(format_report(report))
-    with open(args.json, "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=2)
-    print(f"wrote {args.json}")
+    write_json(report, args.json)
     return 0
 
 
@@ -106,9 +104,7 @@ def run_count(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    data = subparsers.add_parser("data", help="write the synthetic corpus, scan and count datasets")
-    commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
-    data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
+    commands = add_command_group(subparsers, "data", help="write the synthetic corpus, scan and count datasets")
 
     synth = commands.add_parser("synth", help="write the synthetic noisy alt-text corpus as webdataset shards")
     synth.add_argument("--output", required=True, help="output directory")
@@ -124,7 +120,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--config", metavar="JSON",
                        help='other SyntheticConfig fields as a JSON object, e.g. \'{"position_in_caption": 0.3}\' '
                             "(the quickstart's corpus: see QuickstartRecipe.corpus)")
-    synth.add_argument("--no-progress", action="store_true")
+    add_progress_arg(synth)
     synth.set_defaults(func=run_synth)
 
     check = commands.add_parser("check", help="scan a dataset: decodable pairs, skip reasons, ALIGN filter outcomes")
@@ -151,13 +147,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     count.add_argument("--count-images", action="store_true", help="also hash image bytes (for the texts-per-image rule)")
     count.set_defaults(func=run_count)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="align-hf")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from align_hf.cli.common import add_progress_arg
 from align_hf.demo.limits import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_BATCH_SIZE,
@@ -126,5 +127,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--check", action="store_true", help="load model and index, print what was loaded, and exit without serving"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_arg(parser)
     parser.set_defaults(func=run_demo)

@@ -8,16 +8,13 @@ images per class is read as a labelled dataset directly.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from align_hf.cli.common import add_model_args, load_model
+from align_hf.cli.common import add_command_group, add_model_args, add_source_args, load_model, open_records, print_metrics
 
-logger = logging.getLogger(__name__)
 
 def find_manifest(source: str) -> dict[str, Any] | None:
     """A synthetic-corpus ``manifest.json`` in ``source`` or its parent (class names, templates)."""
@@ -29,58 +26,21 @@ def find_manifest(source: str) -> dict[str, Any] | None:
 
 
 def class_folder_rows(root: str) -> tuple[list[dict], list[str]] | None:
-    """Rows ``{"image": path, "label": i}`` for a folder holding one sub-folder of images per class."""
-    from align_hf.image_io import IMAGE_EXTENSIONS
+    """Rows ``{"image": path, "label": i}`` and class names for a folder holding one sub-folder of images per class.
+
+    ``None`` when ``root`` is not laid out that way (images directly in it, or no class folder
+    with images). Class names are the folder names with ``_`` read as a space.
+    """
+    from align_hf.image_io import list_images
 
     base = Path(root)
-    if not base.is_dir() or any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in base.iterdir()):
+    if not base.is_dir() or list_images(base, recursive=False):
         return None
     classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-    rows = [
-        {"image": str(f), "label": i}
-        for i, name in enumerate(classes)
-        for f in sorted((base / name).rglob("*"))
-        if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-    ]
+    rows = [{"image": path, "label": i} for i, name in enumerate(classes) for path in list_images(base / name)]
     if not rows:
         return None
     return rows, [c.replace("_", " ") for c in classes]
-
-
-def _pairs(source: str, image_column: str | None, column: str | None, split: str) -> tuple[Iterable[dict], str]:
-    """Open ``source`` with the data entry point; returns rows and the field holding ``column``.
-
-    A plain column name becomes load_pairs' text column (read back as ``"text"``); a dotted path
-    (``meta.label_index``) is looked up in the rows as they come.
-    """
-    from align_hf.data.sources import iter_records, load_pairs
-
-    if column is None or "." in column:
-        rows = load_pairs(source, image_column=image_column, split=split)
-        field = column or "text"
-    else:
-        rows = load_pairs(source, image_column=image_column, text_column=column, split=split)
-        field = "text"
-    return _without_errors(iter_records(rows)), field
-
-
-def _without_errors(rows: Iterable[dict]) -> Iterable[dict]:
-    for row in rows:
-        if row.get("error"):
-            logger.warning("skipping unreadable record: %s", row["error"])
-            continue
-        yield row
-
-
-def _report(metrics: dict[str, Any], output: str | None) -> None:
-    width = max(len(k) for k in metrics)
-    for key, value in metrics.items():
-        shown = f"{100 * value:6.2f}%" if isinstance(value, float) else str(value)
-        print(f"{key:<{width}}  {shown}")
-    if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps(metrics, indent=2))
-        print(f"wrote {output}")
 
 
 def run_zero_shot(args: argparse.Namespace) -> int:
@@ -95,7 +55,7 @@ def run_zero_shot(args: argparse.Namespace) -> int:
     else:
         folder_classes = None
         label_column = args.label_column or ("meta.label_index" if manifest else "label")
-        rows, label_field = _pairs(args.dataset, args.image_column, label_column, args.split)
+        rows, label_field = open_records(args.dataset, args.image_column, label_column, args.split)
         image_field = "image"
     if args.classes:
         class_names = args.classes.split(",") if "," in args.classes and not os.path.exists(args.classes) else load_class_names(args.classes)
@@ -114,37 +74,41 @@ def run_zero_shot(args: argparse.Namespace) -> int:
         image_column=image_field, label_column=label_field, batch_size=args.batch_size,
         limit=args.limit, cache_dir=args.cache_dir, progress=not args.no_progress,
     )
-    _report({"dataset": args.dataset, "model": args.model, "classes": len(class_names), **metrics}, args.output)
+    print_metrics({"dataset": args.dataset, "model": args.model, "classes": len(class_names), **metrics}, args.output)
     return 0
 
 
 def run_retrieval(args: argparse.Namespace) -> int:
     from align_hf.evaluation import evaluate_retrieval
 
-    rows, caption_field = _pairs(args.dataset, args.image_column, args.caption_column, args.split)
+    rows, caption_field = open_records(args.dataset, args.image_column, args.caption_column, args.split)
     model, processor = load_model(args)
     metrics = evaluate_retrieval(
         model, processor, rows, image_column="image", caption_column=caption_field,
         batch_size=args.batch_size, ks=tuple(args.ks), limit=args.limit, progress=not args.no_progress,
     )
-    _report({"dataset": args.dataset, "model": args.model, **metrics}, args.output)
+    print_metrics({"dataset": args.dataset, "model": args.model, **metrics}, args.output)
     return 0
 
 
+def _add_eval_args(parser: argparse.ArgumentParser, dataset_help: str) -> None:
+    """The model, dataset and output flags both evaluations take."""
+    add_model_args(parser)
+    parser.add_argument("--dataset", required=True, help=dataset_help)
+    add_source_args(parser, split="test")
+    parser.add_argument("--limit", type=int, help="evaluate at most this many images")
+    parser.add_argument("--output", help="also write the metrics as JSON here")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    group = subparsers.add_parser("eval", help="zero-shot classification and retrieval evaluation")
-    commands = group.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
-    group.set_defaults(func=lambda args: (group.print_help(), 2)[1])
+    commands = add_command_group(subparsers, "eval", help="zero-shot classification and retrieval evaluation")
 
     zs = commands.add_parser(
         "zero-shot",
         help="zero-shot classification: top-1, top-5, mean per-class recall",
         description="Classify images from class names and prompt templates, without training.",
     )
-    add_model_args(zs)
-    zs.add_argument("--dataset", required=True, help="labelled images: class sub-folders, shards, parquet, saved dataset or Hub name")
-    zs.add_argument("--split", default="test", help="split for Hub or saved datasets (default: test)")
-    zs.add_argument("--image-column", help="image column / webdataset extension (default: auto-detect)")
+    _add_eval_args(zs, "labelled images: class sub-folders, shards, parquet, saved dataset or Hub name")
     zs.add_argument(
         "--label-column",
         help="label column, or a dotted path into the JSON sidecar, e.g. meta.label_index "
@@ -155,8 +119,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     zs.add_argument("--templates", help="prompt templates: imagenet (80), short (8) or a file with one '{}' template per line "
                     "(default: the corpus manifest's, else imagenet)")
     zs.add_argument("--cache-dir", help="cache class embeddings here")
-    zs.add_argument("--limit", type=int, help="evaluate at most this many images")
-    zs.add_argument("--output", help="also write the metrics as JSON here")
     zs.set_defaults(func=run_zero_shot)
 
     rt = commands.add_parser(
@@ -164,13 +126,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="image<->text retrieval recall@K",
         description="Recall@K both ways; several captions per image are supported (Flickr30K / MSCOCO protocol).",
     )
-    add_model_args(rt)
-    rt.add_argument("--dataset", required=True, help="image-text pairs: shards, image folder with captions, parquet, saved dataset, Hub name")
-    rt.add_argument("--split", default="test", help="split for Hub or saved datasets (default: test)")
-    rt.add_argument("--image-column", help="image column / webdataset extension (default: auto-detect)")
+    _add_eval_args(rt, "image-text pairs: shards, image folder with captions, parquet, saved dataset, Hub name")
     rt.add_argument("--caption-column", help="caption column (a string or a list of captions per row), or a dotted "
                     "path such as meta.captions (default: auto-detect)")
     rt.add_argument("--ks", type=int, nargs="+", default=[1, 5, 10], help="K values (default: 1 5 10)")
-    rt.add_argument("--limit", type=int, help="evaluate at most this many images")
-    rt.add_argument("--output", help="also write the metrics as JSON here")
     rt.set_defaults(func=run_retrieval)

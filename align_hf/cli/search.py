@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from align_hf.cli.common import add_model_args, load_model
+from align_hf.cli.common import add_command_group, add_model_args, add_source_args, load_model, readable_records
 
 
 def _image_column(dataset: Any, wanted: str | None) -> str:
@@ -31,7 +31,7 @@ def _image_column(dataset: Any, wanted: str | None) -> str:
 
 
 def open_images(source: str, image_column: str | None, split: str, work_dir: Path) -> tuple[Any, str | None, str]:
-    """Resolve ``--images`` to what :meth:`CrossModalIndex.build` takes.
+    """Resolve ``--images`` to what :meth:`~align_hf.search.CrossModalIndex.build` takes.
 
     Returns ``(images, image_column, default_caption_column)``: a list of paths for a folder or a
     file list, else a map-style ``datasets.Dataset`` (saved dataset, parquet, webdataset shards,
@@ -51,14 +51,13 @@ def open_images(source: str, image_column: str | None, split: str, work_dir: Pat
         return ds, _image_column(ds, image_column), ""
     files = sorted(glob.glob(str(path / "**" / "*"), recursive=True)) if path.is_dir() else sorted(glob.glob(source))
     if any(f.endswith(".tar") for f in files):
-        from align_hf.data.sources import iter_records, load_pairs
+        from align_hf.data.sources import load_pairs
 
         shards = [f for f in files if f.endswith(".tar")]
 
         def rows():
-            for row in iter_records(load_pairs(shards, image_column=image_column)):
-                if not row.get("error"):
-                    yield {"image": row["image"], "text": row["text"], "key": row["key"]}
+            for row in readable_records(load_pairs(shards, image_column=image_column)):
+                yield {"image": row["image"], "text": row["text"], "key": row["key"]}
 
         # Random access (for resuming) needs a map-style copy; it is written once under the index.
         ds = datasets.Dataset.from_generator(rows, cache_dir=str(work_dir / "rows"))
@@ -143,9 +142,7 @@ def run_search(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    group = subparsers.add_parser("index", help="build a cross-modal search index")
-    commands = group.add_subparsers(dest="index_command", metavar="SUBCOMMAND")
-    group.set_defaults(func=lambda args: (group.print_help(), 2)[1])
+    commands = add_command_group(subparsers, "index", help="build a cross-modal search index")
 
     build = commands.add_parser(
         "build",
@@ -157,9 +154,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--images", help="image folder, file list (.txt), saved dataset, parquet, webdataset shards or Hub dataset")
     build.add_argument("--texts", help="text file, one text per line, for image->text search")
     build.add_argument("--output", required=True, help="index directory to write")
-    build.add_argument("--image-column", help="image column for datasets (default: auto-detect)")
+    add_source_args(build, split="train")
     build.add_argument("--caption-column", help="column kept as each image's caption in the results (may be a dotted path)")
-    build.add_argument("--split", default="train", help="split for saved or Hub datasets (default: train)")
     build.add_argument("--index-type", choices=("auto", "flat", "hnsw", "ivf"), default="auto",
                        help="auto: exact up to 100k vectors, then HNSW if it fits --memory-budget, else IVF-PQ (default: auto)")
     build.add_argument("--memory-budget", type=float, help="GiB the index may use (default: half the available memory)")

@@ -15,17 +15,11 @@ inferred by comparing every block's kernel size and widths with each variant's.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
-from align_hf.conversion.hf_format import EFFICIENTNET_SCALES, round_filters
-
+from align_hf.conversion.efficientnet_family import EFFICIENTNET_SCALES, Block, round_filters, variant_blocks
 from align_hf.conversion.tf_layouts import ConversionError, Mapping, conv_kernel, depthwise_kernel, vector
-
-# B0 stages: kernel, repeats, channels in, channels out, expand ratio
-B0_STAGES = [(3, 1, 32, 16, 1), (3, 2, 16, 24, 6), (5, 2, 24, 40, 6), (3, 3, 40, 80, 6),
-             (5, 3, 80, 112, 6), (5, 4, 112, 192, 6), (3, 1, 192, 320, 6)]
 
 BN_LEAVES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 # canonical block layer -> timm module, with (InvertedResidual) and without (DepthwiseSeparableConv) expansion
@@ -44,17 +38,6 @@ class EffVar:
     layer: str  # stem_conv, stem_bn, head_conv, head_bn, head_dense, or a block layer (TIMM_EXPANDED keys)
     leaf: str  # kernel, depthwise_kernel, bias, gamma, beta, moving_mean, moving_variance
     block: tuple[int, int] | None = None  # (stage, index in stage); tensorflow/tpu names give (-1, flat index)
-
-
-def variant_blocks(width: float, depth: float) -> list[tuple[int, int, int, int, bool]]:
-    """(stage, kernel, mid channels, out channels, has expansion) for every block of a variant."""
-    blocks = []
-    for stage, (kernel, repeats, c_in, c_out, expand) in enumerate(B0_STAGES):
-        c_in, c_out = round_filters(c_in, width), round_filters(c_out, width)
-        for j in range(int(math.ceil(depth * repeats))):
-            block_in = c_in if j == 0 else c_out
-            blocks.append((stage, kernel, block_in * expand, c_out, expand != 1))
-    return blocks
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -154,7 +137,7 @@ class EfficientNetArch:
     variant: str  # b0..b8, l2
     width: float
     depth: float
-    blocks: list  # variant_blocks(width, depth)
+    blocks: list[Block]  # variant_blocks(width, depth)
 
     @property
     def timm_name(self) -> str:
@@ -162,7 +145,7 @@ class EfficientNetArch:
 
     @property
     def out_channels(self) -> int:
-        return self.blocks[-1][3]
+        return self.blocks[-1].out_channels
 
 
 def infer_architecture(variables: list[EffVar], shapes: dict[str, tuple[int, ...]]) -> EfficientNetArch:
@@ -195,10 +178,10 @@ def infer_architecture(variables: list[EffVar], shapes: dict[str, tuple[int, ...
         blocks = variant_blocks(width, depth)
         if round_filters(32, width) != stem_width or len(blocks) != len(signature):
             continue
-        if [(k, mid, out, e) for _, k, mid, out, e in blocks] != signature:
+        if [(b.kernel, b.mid_channels, b.out_channels, b.expanded) for b in blocks] != signature:
             continue
         if stages_found:  # Keras names also give each block's stage: check it too
-            if [b[0] for b in order] != [stage for stage, *_ in blocks]:
+            if [b[0] for b in order] != [block.stage for block in blocks]:
                 continue
         return EfficientNetArch(variant, width, depth, blocks)
     per_stage = {}
@@ -213,11 +196,7 @@ def infer_architecture(variables: list[EffVar], shapes: dict[str, tuple[int, ...
 
 def stage_positions(arch: EfficientNetArch) -> list[tuple[int, int]]:
     """(stage, index in stage) of every block, in flat order."""
-    positions, counts = [], {}
-    for stage, *_ in arch.blocks:
-        positions.append((stage, counts.get(stage, 0)))
-        counts[stage] = counts.get(stage, 0) + 1
-    return positions
+    return [(block.stage, block.index) for block in arch.blocks]
 
 
 # ---------------------------------------------------------------------------- mapping
@@ -225,7 +204,7 @@ def map_efficientnet(variables: list[EffVar], arch: EfficientNetArch, mapping: M
                      keep_head: bool = False) -> None:
     """Add every variable to ``mapping`` under timm key names (``prefix`` + timm key)."""
     flat = stage_positions(arch)
-    expanded_of = {pos: blocks[4] for pos, blocks in zip(flat, arch.blocks)}
+    expanded_of = {(block.stage, block.index): block.expanded for block in arch.blocks}
     for v in variables:
         if v.layer == "head_dense":
             mapping.ignore(v.key, "classifier head (ALIGN pools features, no classifier)")

@@ -1,7 +1,8 @@
 """Convert a transformers-format ALIGN checkpoint (``model_type="align"``, e.g. kakaobrain/align-base)
 to an align_hf folder.
 
-    python conversion/convert_hf_to_align_hf.py --model kakaobrain/align-base --output-dir align-base-hf
+    align-hf convert from-transformers --model kakaobrain/align-base --output-dir align-base-hf
+    python -m align_hf.conversion.from_transformers ...   # the same
 
 ``AlignModel.from_pretrained`` already reads transformers-format checkpoints on the fly; this writes
 the converted weights (safetensors), config and processor once, so later loads need no renaming.
@@ -10,12 +11,10 @@ The renaming itself is ``align_hf.conversion.hf_format`` (strict: every tensor m
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from align_hf.conversion.command import conversion_parser, run_conversion
 
 
 def convert(model_path: str, output_dir: str | Path, allow_pickle: bool = False, push_to_hub: str | None = None):
@@ -46,20 +45,19 @@ def convert(model_path: str, output_dir: str | Path, allow_pickle: bool = False,
     return model, processor
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = conversion_parser(__name__, __doc__, prog)
     parser.add_argument("--model", required=True, help="folder or Hub id of a transformers ALIGN checkpoint")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--allow-pickle", action="store_true", help="also read pytorch_model.bin (trusted sources only)")
     parser.add_argument("--push-to-hub", metavar="REPO")
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> list[str]:
         convert(args.model, args.output_dir, args.allow_pickle, args.push_to_hub)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.output_dir}")
-    return 0
+        return [f"wrote {args.output_dir}"]
+
+    return run_conversion(work, (FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ order), so conversion is a renaming plus the config translation.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -15,29 +16,23 @@ from typing import Any
 import torch
 
 from align_hf.configuration_align import AlignConfig
+from align_hf.conversion.efficientnet_family import B0_STAGES, EFFICIENTNET_SCALES, round_filters, variant_blocks
+from align_hf.hub import hub_options, load_weight_file, resolve_file, weight_files
 
-# (width_coefficient, depth_coefficient) of the EfficientNet family, as in the TF reference code.
-EFFICIENTNET_SCALES: dict[str, tuple[float, float]] = {
-    "b0": (1.0, 1.0),
-    "b1": (1.0, 1.1),
-    "b2": (1.1, 1.2),
-    "b3": (1.2, 1.4),
-    "b4": (1.4, 1.8),
-    "b5": (1.6, 2.2),
-    "b6": (1.8, 2.6),
-    "b7": (2.0, 3.1),
-    "b8": (2.2, 3.6),
-    "l2": (4.3, 5.3),
-}
-# EfficientNet-B0's base stages; other scalings of them are the only vision towers timm can build.
-_BASE_STAGES = dict(
-    kernel_sizes=[3, 3, 5, 3, 5, 5, 3],
-    in_channels=[32, 16, 24, 40, 80, 112, 192],
-    out_channels=[16, 24, 40, 80, 112, 192, 320],
-    strides=[1, 2, 2, 2, 1, 2, 1],
-    num_block_repeats=[1, 2, 2, 3, 3, 4, 1],
-    expand_ratios=[1, 6, 6, 6, 6, 6, 6],
-)
+
+
+def _transformers_stages() -> dict[str, list[int]]:
+    """B0's stages as transformers' EfficientNet config spells them."""
+    return dict(
+        kernel_sizes=[s.kernel for s in B0_STAGES],
+        in_channels=[s.in_channels for s in B0_STAGES],
+        out_channels=[s.out_channels for s in B0_STAGES],
+        strides=[s.stride for s in B0_STAGES],
+        num_block_repeats=[s.repeats for s in B0_STAGES],
+        expand_ratios=[s.expand_ratio for s in B0_STAGES],
+    )
+
+
 _TEXT_FIELDS = (
     "vocab_size",
     "hidden_size",
@@ -71,7 +66,7 @@ def config_from_hf(hf_config: dict[str, Any], image_size: int = 289) -> AlignCon
         raise ValueError(f"Expected a transformers ALIGN config (model_type 'align'), got {hf_config.get('model_type')!r}")
     vision = dict(hf_config.get("vision_config") or {})
     text = dict(hf_config.get("text_config") or {})
-    for key, expected in _BASE_STAGES.items():
+    for key, expected in _transformers_stages().items():
         if key in vision and list(vision[key]) != expected:
             raise ValueError(f"vision_config.{key}={vision[key]} is not EfficientNet's; cannot map it to timm")
     if vision.get("depth_divisor", 8) != 8 or vision.get("squeeze_expansion_ratio", 0.25) != 0.25:
@@ -117,7 +112,7 @@ def config_to_hf(config: AlignConfig) -> dict[str, Any]:
     width, depth = EFFICIENTNET_SCALES[match.group(1)]
     last_width = round_filters(320, width)
     vision_dict = dict(
-        _BASE_STAGES,
+        _transformers_stages(),
         num_channels=vision.num_channels,
         image_size=vision.image_size,
         width_coefficient=width,
@@ -143,23 +138,10 @@ def config_to_hf(config: AlignConfig) -> dict[str, Any]:
     )
 
 
-def round_filters(channels: float, width: float, divisor: int = 8) -> int:
-    """EfficientNet's channel rounding: ``channels * width`` to a multiple of ``divisor``, at most 10% down."""
-    channels *= width
-    new = max(divisor, int(channels + divisor / 2) // divisor * divisor)
-    if new < 0.9 * channels:
-        new += divisor
-    return int(new)
-
-
 def _stage_of_flat_blocks(config: AlignConfig) -> list[tuple[int, int, bool]]:
     """(stage, index in stage, has expansion conv) for every block, in transformers' flat order."""
-    _, depth = EFFICIENTNET_SCALES[config.vision_config.model_name.rsplit("_", 1)[-1]]
-    blocks = []
-    for stage, (repeats, expand) in enumerate(zip(_BASE_STAGES["num_block_repeats"], _BASE_STAGES["expand_ratios"])):
-        for index in range(int(math.ceil(depth * repeats))):
-            blocks.append((stage, index, expand != 1))
-    return blocks
+    width, depth = EFFICIENTNET_SCALES[config.vision_config.model_name.rsplit("_", 1)[-1]]
+    return [(block.stage, block.index, block.expanded) for block in variant_blocks(width, depth)]
 
 
 # transformers block layer -> timm layer, for blocks with (InvertedResidual) and without
@@ -255,3 +237,46 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], config: AlignConfig) -> dic
     converted["text_model.pooler.dense.weight"] = torch.eye(hidden)
     converted["text_model.pooler.dense.bias"] = torch.zeros(hidden)
     return converted
+
+
+def load_transformers_format(model_class, repo, config_dict: dict[str, Any], allow_pickle: bool = False, **kwargs):
+    """An align_hf ``model_class`` instance (eval mode) from a transformers-format ALIGN folder or
+    Hub repo whose ``config.json`` holds ``config_dict``.
+
+    ``kwargs``: the hub options of ``from_pretrained`` (``revision``, ``token``...) and ``dtype``.
+    The image size comes from the repo's processor settings (289 without them).
+    """
+    options = hub_options(kwargs)
+    image_size = 289
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        processor_path = resolve_file(repo, name, **options)
+        if processor_path:
+            with open(processor_path, encoding="utf-8") as handle:
+                settings = json.load(handle)
+            settings = settings.get("image_processor", settings)
+            image_size = (settings.get("crop_size") or {}).get("height", image_size)
+            break
+    config = config_from_hf(config_dict, image_size=image_size)
+    config.name_or_path = str(repo)
+    hf_state = {}
+    for path in weight_files(repo, allow_pickle=allow_pickle, **options):
+        hf_state.update(load_weight_file(path))
+    state = state_dict_from_hf(hf_state, config)
+    model = model_class(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    wrong_shape = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if missing or wrong_shape:
+        raise ValueError(
+            f"The transformers checkpoint at {repo} does not fit the model its config describes: "
+            f"missing {missing[:20]}, wrong shapes {wrong_shape[:20]}"
+        )
+    model.load_state_dict(state, strict=True)
+    dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+    if isinstance(dtype, torch.dtype):
+        model = model.to(dtype)
+    return model.eval()

@@ -1,7 +1,8 @@
 """Convert a kakaobrain/coyo-align TensorFlow checkpoint to an align_hf model folder (no TensorFlow needed).
 
-    python conversion/convert_tf_align.py --checkpoint model-weights --vocab vocab.txt --output-dir align-b7
-    python conversion/convert_tf_align.py --checkpoint ckpt_dir/ --vocab vocab.txt --output-dir out --push-to-hub me/align-b7
+    align-hf convert tf-align --checkpoint model-weights --vocab vocab.txt --output-dir align-b7
+    align-hf convert tf-align --checkpoint ckpt_dir/ --vocab vocab.txt --output-dir out --push-to-hub me/align-b7
+    python -m align_hf.conversion.tf_align ...   # the same
 
 The architecture is read from the checkpoint: EfficientNet B0..B7 from its blocks, BERT size and
 vocabulary from the shapes, whether an image Dense exists, the embedding size. Every variable is
@@ -11,21 +12,27 @@ model tensor must be filled, otherwise the conversion stops with the list of off
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `conversion` and `align_hf` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import torch
 
 from align_hf.conversion.bert_tf import BertVar, infer_bert_config, map_bert, parse_bert_name
+from align_hf.conversion.command import conversion_parser, run_conversion
 from align_hf.conversion.efficientnet_tf import infer_architecture, map_efficientnet, parse_keras
-from align_hf.conversion.tf_checkpoint import CheckpointError, TFCheckpoint
-from align_hf.conversion.tf_layouts import CheckpointLayout, ConversionError, Mapping, dense_kernel, scalar, vector
+from align_hf.conversion.tf_checkpoint import CheckpointError
+from align_hf.conversion.tf_layouts import (
+    CheckpointLayout,
+    ConversionError,
+    Mapping,
+    dense_kernel,
+    describe_ignored,
+    load_checkpoint,
+    scalar,
+    vector,
+)
 
 VISION_PREFIX = "vision_model.backbone."
 TEXT_PREFIX = "text_model.transformer."
@@ -57,14 +64,13 @@ class ConversionReport:
     ignored: dict[str, int] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
-        ignored = ", ".join(f"{n} {rule}" for rule, n in sorted(self.ignored.items())) or "none"
         return [
             f"checkpoint: {self.checkpoint}",
             f"image tower: EfficientNet-{self.efficientnet.upper()}"
             + (" + Dense projection" if self.image_projection else " (pooled features are the embedding)"),
             "text tower: BERT " + ", ".join(f"{k}={v}" for k, v in self.bert.items()),
             f"embedding size: {self.projection_dim}; temperature: {self.temperature:.6g}",
-            f"variables mapped: {self.mapped}; ignored: {ignored}",
+            f"variables mapped: {self.mapped}; ignored: {describe_ignored(self.ignored)}",
         ]
 
 
@@ -81,7 +87,7 @@ def build_mapping(layout: CheckpointLayout, num_attention_heads: int | None = No
             f"{layout.prefix} is not a coyo-align ALIGN checkpoint (expected TF2 object-based keys under "
             f"image_encoder/, text_encoder/ and temperature/; found top-level names {tops}). "
             "For tensorflow/tpu EfficientNet or google-research BERT checkpoints use "
-            "convert_tf_efficientnet.py / convert_tf_bert.py."
+            "`align-hf convert tf-efficientnet` / `align-hf convert tf-bert`."
         )
     mapping = Mapping()
     keras_names: dict[str, str] = {}
@@ -160,14 +166,13 @@ def convert_coyo_align(checkpoint: str | Path, num_attention_heads: int | None =
     """Read a coyo-align checkpoint into an ``AlignModel`` (eval mode); returns (model, report)."""
     from align_hf import AlignModel
 
-    ckpt = TFCheckpoint(checkpoint, verify=verify)
-    layout = CheckpointLayout.of(ckpt)
-    mapping, config, report = build_mapping(layout, num_attention_heads)
-    model = AlignModel(config)
-    mapping.load_into(ckpt.get_tensor, layout.shapes, model, progress=progress)
+    def plan(layout: CheckpointLayout):
+        mapping, config, report = build_mapping(layout, num_attention_heads)
+        return mapping, AlignModel(config), report
+
+    model, _, report = load_checkpoint(checkpoint, plan, verify, progress)
     report.temperature = float(model.contrastive_head.temperature.detach())
-    ckpt.close()
-    return model.eval(), report
+    return model, report
 
 
 def make_processor(vocab_file: str | Path, image_size: int = 289, resize: int | None = None, max_length: int = 64):
@@ -206,14 +211,14 @@ def write_model_folder(model, output_dir: str | Path, vocab_file: str | Path | N
             )
         processor.save_pretrained(out)
     card = build_model_card(model.config, repo_id, tags=["converted-from-tensorflow"])
-    card.text += "\n## Conversion\n\nConverted from a TensorFlow checkpoint by `conversion/` of align_hf:\n\n"
+    card.text += "\n## Conversion\n\nConverted from a TensorFlow checkpoint by `align-hf convert`:\n\n"
     card.text += "\n".join(f"- {line}" for line in notes) + "\n"
     card.save(out / "README.md")
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = conversion_parser(__name__, __doc__, prog)
     parser.add_argument("--checkpoint", required=True, help="checkpoint prefix, .index file or directory")
     parser.add_argument("--output-dir", required=True, help="folder to write the align_hf model to")
     parser.add_argument("--vocab", help="BERT uncased vocab.txt for the tokenizer (without it no processor is written)")
@@ -222,23 +227,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
     parser.add_argument("--no-verify", action="store_true", help="skip the CRC32C check of the tensors read")
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> list[str]:
         model, report = convert_coyo_align(args.checkpoint, args.num_attention_heads, not args.no_verify, progress=True)
         if args.vocab is None:
             print("warning: no --vocab given: the folder gets no tokenizer/processor", file=sys.stderr)
         out = write_model_folder(model, args.output_dir, args.vocab, report.lines(), args.push_to_hub)
-    except (CheckpointError, ConversionError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print("\n".join(report.lines()))
-    print(f"wrote {out}")
-    if args.push_to_hub:
+        return report.lines() + [f"wrote {out}"]
+
+    code = run_conversion(work, (CheckpointError, ConversionError, FileNotFoundError))
+    if code == 0 and args.push_to_hub:
         from align_hf.hub import upload_folder_to_hub
 
-        upload_folder_to_hub(str(out), args.push_to_hub, private=args.private or None,
+        upload_folder_to_hub(str(Path(args.output_dir)), args.push_to_hub, private=args.private or None,
                              commit_message="Convert coyo-align TensorFlow checkpoint")
         print(f"uploaded to https://huggingface.co/{args.push_to_hub}")
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Convert a google-research/bert TensorFlow checkpoint to an align_hf text tower (no TensorFlow needed).
 
-    python conversion/convert_tf_bert.py --checkpoint uncased_L-12_H-768_A-12/bert_model.ckpt \\
+    align-hf convert tf-bert --checkpoint uncased_L-12_H-768_A-12/bert_model.ckpt \\
         --bert-config uncased_L-12_H-768_A-12/bert_config.json --vocab uncased_L-12_H-768_A-12/vocab.txt \\
         --output-dir text-bert-base
 
@@ -13,17 +13,13 @@ pre-training heads (``cls/...``), Adam slots and ``global_step`` are ignored. Th
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from align_hf.conversion.bert_tf import BertVar, infer_bert_config, map_bert, parse_bert_name
-from align_hf.conversion.tf_checkpoint import CheckpointError, TFCheckpoint
-from align_hf.conversion.tf_layouts import CheckpointLayout, ConversionError, Mapping
+from align_hf.conversion.command import conversion_parser, run_conversion
+from align_hf.conversion.tf_checkpoint import CheckpointError
+from align_hf.conversion.tf_layouts import CheckpointLayout, ConversionError, Mapping, load_checkpoint
 
 _IGNORE = [
     (re.compile(r"(/adam_[mv]|/Adam(_\d+)?|/LAMB(_\d+)?|/lamb_[mv]|/Momentum)$|/\.OPTIMIZER_SLOT/"), "optimizer slot"),
@@ -62,23 +58,17 @@ def convert_tf_bert(checkpoint, bert_config=None, num_attention_heads: int | Non
     """Read a BERT checkpoint into an ``AlignTextModel``; returns (model, notes)."""
     from align_hf import AlignTextConfig, AlignTextModel
 
-    ckpt = TFCheckpoint(checkpoint, verify=verify)
-    layout = CheckpointLayout.of(ckpt)
-    mapping, fields = bert_mapping(layout, "transformer.", num_attention_heads, bert_config)
-    model = AlignTextModel(AlignTextConfig(**fields))
-    mapping.load_into(ckpt.get_tensor, layout.shapes, model, progress=progress)
-    ckpt.close()
-    ignored = ", ".join(f"{n} {rule}" for rule, n in sorted(mapping.ignored_summary().items())) or "none"
-    notes = [
-        f"checkpoint: {ckpt.prefix}",
-        "BERT " + ", ".join(f"{k}={v}" for k, v in fields.items()),
-        f"variables mapped: {len(mapping.mapped)}; ignored: {ignored}",
-    ]
-    return model.eval(), notes
+    def plan(layout: CheckpointLayout):
+        mapping, fields = bert_mapping(layout, "transformer.", num_attention_heads, bert_config)
+        return mapping, AlignTextModel(AlignTextConfig(**fields)), (layout.prefix, fields)
+
+    model, mapping, (prefix, fields) = load_checkpoint(checkpoint, plan, verify, progress)
+    notes = [f"checkpoint: {prefix}", "BERT " + ", ".join(f"{k}={v}" for k, v in fields.items()), mapping.describe()]
+    return model, notes
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = conversion_parser(__name__, __doc__, prog)
     parser.add_argument("--checkpoint", required=True, help="checkpoint prefix, .index file or directory")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--bert-config", help="google's bert_config.json (checked against the shapes)")
@@ -86,21 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", help="vocab.txt: also save an uncased BERT tokenizer")
     parser.add_argument("--no-verify", action="store_true", help="skip the CRC32C check of the tensors read")
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> list[str]:
         model, notes = convert_tf_bert(args.checkpoint, args.bert_config, args.num_attention_heads,
                                        not args.no_verify, progress=True)
-    except (CheckpointError, ConversionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    model.save_pretrained(args.output_dir)
-    if args.vocab:
-        from transformers import BertTokenizer
+        model.save_pretrained(args.output_dir)
+        if args.vocab:
+            from transformers import BertTokenizer
 
-        BertTokenizer(args.vocab, do_lower_case=True, model_max_length=64).save_pretrained(args.output_dir)
-    print("\n".join(notes))
-    print(f"wrote {args.output_dir}")
-    return 0
+            BertTokenizer(args.vocab, do_lower_case=True, model_max_length=64).save_pretrained(args.output_dir)
+        return notes + [f"wrote {args.output_dir}"]
+
+    return run_conversion(work, (CheckpointError, ConversionError))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

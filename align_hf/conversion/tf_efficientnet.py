@@ -1,12 +1,12 @@
 """Convert a TensorFlow EfficientNet checkpoint to an align_hf image tower (no TensorFlow needed).
 
-    python conversion/convert_tf_efficientnet.py --checkpoint efficientnet-b7/model.ckpt --output-dir vision-b7
+    align-hf convert tf-efficientnet --checkpoint efficientnet-b7/model.ckpt --output-dir vision-b7
 
 Reads tensorflow/tpu checkpoints (TF1 names ``efficientnet-bN/blocks_i/...``; the
 ``ExponentialMovingAverage`` shadows are used when present, as for evaluation) and Keras-named ones
 (``stem_conv``, ``block1a_dwconv``...). The variant B0..B8/L2 is inferred from the blocks. The
 result is an ``AlignVisionModel`` folder; start ALIGN training from it with
-``conversion/convert_tf_towers.py`` (both towers) or by loading it into ``AlignModel.vision_model``.
+``align-hf convert tf-towers`` (both towers) or by loading it into ``AlignModel.vision_model``.
 
 tensorflow/tpu models pad stride-2 convolutions like TF 'SAME', Keras applications with a fixed
 ``correct_pad``: the default ``--padding`` follows the naming, so outputs match the original.
@@ -14,18 +14,13 @@ tensorflow/tpu models pad stride-2 convolutions like TF 'SAME', Keras applicatio
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from align_hf.conversion.command import conversion_parser, run_conversion
 from align_hf.conversion.efficientnet_tf import EfficientNetArch, infer_architecture, map_efficientnet, parse_keras, parse_tpu
-from align_hf.conversion.tf_checkpoint import CheckpointError, TFCheckpoint
-from align_hf.conversion.tf_layouts import CheckpointLayout, ConversionError, Mapping
+from align_hf.conversion.tf_checkpoint import CheckpointError
+from align_hf.conversion.tf_layouts import CheckpointLayout, ConversionError, Mapping, describe_ignored, load_checkpoint
 
 EMA_SUFFIX = "/ExponentialMovingAverage"
 # Optimizer slots and bookkeeping of TF1 and TF2 training checkpoints.
@@ -97,25 +92,24 @@ def convert_tf_efficientnet(checkpoint, padding: str | None = None, use_ema: boo
     """Read an EfficientNet checkpoint into an ``AlignVisionModel``; returns (model, notes)."""
     from align_hf import AlignVisionConfig, AlignVisionModel
 
-    ckpt = TFCheckpoint(checkpoint, verify=verify)
-    layout = CheckpointLayout.of(ckpt)
-    conv = efficientnet_mapping(layout, "backbone.", use_ema, keep_head, padding)
-    config = AlignVisionConfig(model_name=conv.arch.timm_name, image_size=image_size, padding=conv.padding,
-                               batch_norm_eps=1e-3, batch_norm_momentum=0.01, keep_head=keep_head)
-    model = AlignVisionModel(config)
-    conv.mapping.load_into(ckpt.get_tensor, layout.shapes, model, progress=progress)
-    ckpt.close()
-    ignored = ", ".join(f"{n} {rule}" for rule, n in sorted(conv.mapping.ignored_summary().items())) or "none"
+    def plan(layout: CheckpointLayout):
+        conv = efficientnet_mapping(layout, "backbone.", use_ema, keep_head, padding)
+        config = AlignVisionConfig(model_name=conv.arch.timm_name, image_size=image_size, padding=conv.padding,
+                                   batch_norm_eps=1e-3, batch_norm_momentum=0.01, keep_head=keep_head)
+        return conv.mapping, AlignVisionModel(config), (layout.prefix, conv)
+
+    model, mapping, (prefix, conv) = load_checkpoint(checkpoint, plan, verify, progress)
     notes = [
-        f"checkpoint: {ckpt.prefix} ({conv.naming} names)",
+        f"checkpoint: {prefix} ({conv.naming} names)",
         f"EfficientNet-{conv.arch.variant.upper()} -> timm {conv.arch.timm_name}, padding={conv.padding}",
-        f"variables mapped: {len(conv.mapping.mapped)} ({conv.ema_used} from moving-average shadows); ignored: {ignored}",
+        f"variables mapped: {len(mapping.mapped)} ({conv.ema_used} from moving-average shadows); "
+        f"ignored: {describe_ignored(mapping.ignored_summary())}",
     ]
-    return model.eval(), notes
+    return model, notes
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = conversion_parser(__name__, __doc__, prog)
     parser.add_argument("--checkpoint", required=True, help="checkpoint prefix, .index file or directory")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--padding", choices=["same", "keras", "symmetric"],
@@ -125,17 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=289)
     parser.add_argument("--no-verify", action="store_true", help="skip the CRC32C check of the tensors read")
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> list[str]:
         model, notes = convert_tf_efficientnet(args.checkpoint, args.padding, not args.no_ema, args.keep_head,
                                                args.image_size, not args.no_verify, progress=True)
-    except (CheckpointError, ConversionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    model.save_pretrained(args.output_dir)
-    print("\n".join(notes))
-    print(f"wrote {args.output_dir}")
-    return 0
+        model.save_pretrained(args.output_dir)
+        return notes + [f"wrote {args.output_dir}"]
+
+    return run_conversion(work, (CheckpointError, ConversionError))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
+
+from align_hf.conversion.tf_checkpoint import TFCheckpoint
+
+Extra = TypeVar("Extra")
 
 
 def shape_rule(rule: Callable[[tuple[int, ...]], tuple[int, ...]]):
@@ -93,6 +98,10 @@ class Mapping:
     def ignored_summary(self) -> dict[str, int]:
         return dict(Counter(self.ignored.values()))
 
+    def describe(self) -> str:
+        """One report line: how many variables were mapped and why the others were ignored."""
+        return f"variables mapped: {len(self.mapped)}; ignored: {describe_ignored(self.ignored_summary())}"
+
     def check(self, shapes: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> None:
         """Raise :class:`ConversionError` listing, all at once, checkpoint variables no rule covers,
         model tensors nobody fills (``num_batches_tracked`` counters excepted), mapped names that
@@ -168,3 +177,27 @@ class CheckpointLayout:
             slots={k for k in keys if ckpt.is_slot(k)},
             object_based=ckpt.is_object_based,
         )
+
+
+def describe_ignored(counts: dict[str, int]) -> str:
+    """``{rule: count}`` as ``"3 optimizer slot, 1 step counter"`` (``"none"`` when empty)."""
+    return ", ".join(f"{n} {rule}" for rule, n in sorted(counts.items())) or "none"
+
+
+def load_checkpoint(
+    checkpoint: str | Path,
+    plan: Callable[[CheckpointLayout], tuple[Mapping, torch.nn.Module, Extra]],
+    verify: bool = True,
+    progress: bool = False,
+) -> tuple[torch.nn.Module, Mapping, Extra]:
+    """Open ``checkpoint``, let ``plan`` classify its variables and build the model they fill
+    (``plan(layout) -> (mapping, model, extra)``, reading no tensor data), then copy the tensors in.
+
+    Returns ``(model in eval mode, mapping, extra)``; raises :class:`ConversionError` (or the
+    reader's ``CheckpointError``) when the checkpoint does not fit.
+    """
+    with TFCheckpoint(checkpoint, verify=verify) as ckpt:
+        layout = CheckpointLayout.of(ckpt)
+        mapping, model, extra = plan(layout)
+        mapping.load_into(ckpt.get_tensor, layout.shapes, model, progress=progress)
+    return model.eval(), mapping, extra

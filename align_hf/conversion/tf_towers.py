@@ -1,10 +1,10 @@
 """Start an ALIGN model from a TensorFlow EfficientNet and a TensorFlow BERT checkpoint.
 
-    python conversion/convert_tf_towers.py --efficientnet efficientnet-b7/model.ckpt \\
+    align-hf convert tf-towers --efficientnet efficientnet-b7/model.ckpt \\
         --bert uncased_L-12_H-768_A-12/bert_model.ckpt --bert-config uncased_L-12_H-768_A-12/bert_config.json \\
         --vocab uncased_L-12_H-768_A-12/vocab.txt --output-dir align-b7-init
 
-The towers come from the checkpoints (see convert_tf_efficientnet.py / convert_tf_bert.py); the
+The towers come from the checkpoints (see ``align-hf convert tf-efficientnet`` / ``tf-bert``); the
 projections are freshly initialised and the temperature starts at 1.0, as in the ALIGN paper. With
 no ``--projection-dim`` the image embedding is the pooled features (640 for B7, as ALIGN does);
 with one, an image Dense projection is added when the widths differ.
@@ -12,15 +12,9 @@ with one, an image Dense projection is added when the widths differ.
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import torch
 
+from align_hf.conversion.command import conversion_parser, run_conversion
 from align_hf.conversion.tf_align import make_processor, write_model_folder
 from align_hf.conversion.tf_bert import convert_tf_bert
 from align_hf.conversion.tf_efficientnet import convert_tf_efficientnet
@@ -46,8 +40,8 @@ def align_from_towers(vision_model, text_model, projection_dim: int | None = Non
     return model
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = conversion_parser(__name__, __doc__, prog)
     parser.add_argument("--efficientnet", required=True, help="EfficientNet checkpoint (tensorflow/tpu or Keras names)")
     parser.add_argument("--bert", required=True, help="BERT checkpoint (google-research or TFBertModel names)")
     parser.add_argument("--output-dir", required=True)
@@ -61,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=289)
     parser.add_argument("--seed", type=int, default=0, help="seed of the new projection layers")
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> list[str]:
         vision, vision_notes = convert_tf_efficientnet(args.efficientnet, args.padding, not args.no_ema,
                                                        image_size=args.image_size, progress=True)
         text, text_notes = convert_tf_bert(args.bert, args.bert_config, args.num_attention_heads, progress=True)
@@ -70,13 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.vocab:
             make_processor(args.vocab, image_size=args.image_size)  # fail early on a bad vocab file
         write_model_folder(model, args.output_dir, args.vocab, notes)
-    except (CheckpointError, ConversionError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print("\n".join(notes))
-    print(f"wrote {args.output_dir}")
-    return 0
+        return notes + [f"wrote {args.output_dir}"]
+
+    return run_conversion(work, (CheckpointError, ConversionError, FileNotFoundError))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,6 +1,7 @@
 """Convert an align_hf model folder to transformers' own ALIGN format (``transformers.AlignModel``).
 
-    python conversion/convert_align_hf_to_hf.py --model my-align --output-dir my-align-transformers
+    align-hf convert to-transformers --model my-align --output-dir my-align-transformers
+    python -m align_hf.conversion.to_transformers ...   # the same
 
 Only what transformers' ALIGN can express converts: a ``tf_efficientnet_bN`` tower with keras
 padding, no image projection, a BERT text tower. The weights are renamed by
@@ -10,13 +11,11 @@ is rewritten as transformers' ``AlignProcessor`` (EfficientNetImageProcessor + B
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from align_hf.conversion.command import conversion_parser, run_conversion
 
 # Settings of align_hf's image processor that EfficientNetImageProcessor shares.
 _IMAGE_FIELDS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
@@ -51,18 +50,17 @@ def convert(model_path: str, output_dir: str | Path):
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = conversion_parser(__name__, __doc__, prog)
     parser.add_argument("--model", required=True, help="align_hf folder or Hub id")
     parser.add_argument("--output-dir", required=True)
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> list[str]:
         convert(args.model, args.output_dir)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.output_dir}")
-    return 0
+        return [f"wrote {args.output_dir}"]
+
+    return run_conversion(work, (FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

@@ -16,34 +16,53 @@ Typical training input::
     print(loader.stats.as_dict())  # read / kept / skipped by reason / filtered by rule
 """
 
-from align_hf.data.check import check_pairs, format_report
-from align_hf.data.decoding import SKIP_REASONS, DecodedImage, DecodeLimits, clean_caption, decode_image, image_bytes
-from align_hf.data.filtering import (
-    RULES,
-    AlignFilter,
-    FilterConfig,
-    FilterReport,
-    FrequencyCounts,
-    count_frequencies,
-    unigrams,
-)
-from align_hf.data.pipeline import DataStats, ImageTextLoader, ImageTextPairs, build_loader
-from align_hf.data.sources import load_pairs
-from align_hf.data.synthetic import (
-    ZERO_SHOT_TEMPLATES,
-    SyntheticConfig,
-    SyntheticCorpus,
-    SyntheticSample,
-    class_names,
-    find_manifest,
-    load_manifest,
-    read_split,
-    unseen_combinations,
-    write_synthetic_corpus,
-)
-from align_hf.data.transforms import ImageTextCollator, ImageTransform
-from align_hf.data.vocab import SPECIAL_TOKENS, build_vocab, make_tokenizer, save_vocab
-from align_hf.data.webdataset import ShardWriter, iter_shard
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Exported name -> the module defining it. Imported on first use, so reading a manifest or
+# listing shards does not pay for torch (the loader and transforms need it, the rest does not).
+_EXPORTS: dict[str, str] = {
+    "check_pairs": "check",
+    "format_report": "check",
+    "DecodeLimits": "decoding",
+    "DecodedImage": "decoding",
+    "SKIP_REASONS": "decoding",
+    "clean_caption": "decoding",
+    "decode_image": "decoding",
+    "image_bytes": "decoding",
+    "AlignFilter": "filtering",
+    "FilterConfig": "filtering",
+    "FilterReport": "filtering",
+    "FrequencyCounts": "filtering",
+    "RULES": "filtering",
+    "count_frequencies": "filtering",
+    "unigrams": "filtering",
+    "DataStats": "pipeline",
+    "ImageTextLoader": "pipeline",
+    "ImageTextPairs": "pipeline",
+    "build_loader": "pipeline",
+    "load_pairs": "sources",
+    "SyntheticConfig": "synthetic",
+    "SyntheticCorpus": "synthetic",
+    "SyntheticSample": "synthetic",
+    "ZERO_SHOT_TEMPLATES": "synthetic",
+    "class_names": "synthetic",
+    "find_manifest": "synthetic",
+    "load_manifest": "synthetic",
+    "read_split": "synthetic",
+    "unseen_combinations": "synthetic",
+    "write_synthetic_corpus": "synthetic",
+    "ImageTextCollator": "transforms",
+    "ImageTransform": "transforms",
+    "SPECIAL_TOKENS": "vocab",
+    "build_vocab": "vocab",
+    "make_tokenizer": "vocab",
+    "save_vocab": "vocab",
+    "ShardWriter": "webdataset",
+    "iter_shard": "webdataset",
+}
 
 __all__ = [
     "AlignFilter",
@@ -85,3 +104,15 @@ __all__ = [
     "unseen_combinations",
     "write_synthetic_corpus",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

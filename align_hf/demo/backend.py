@@ -128,7 +128,7 @@ class DemoBackend:
     ) -> None:
         self.model = model.eval()
         self.processor = processor
-        self.model_name = model_name or str(getattr(getattr(model, "config", None), "_name_or_path", "") or "model")
+        self.model_name = model_name or str(getattr(getattr(model, "config", None), "name_or_path", "") or "model")
         self.index = index
         self.index_path = Path(index_path) if index_path is not None else None
         self.max_pixels = int(max_pixels)

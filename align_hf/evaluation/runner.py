@@ -39,48 +39,60 @@ def _rows_and_count(spec: EvalSet, encoder: ShardedEncoder) -> tuple[Iterator[tu
     return rows_of_rank(rows, encoder.rank, encoder.world_size), count_of_rank(total, encoder.rank, encoder.world_size)
 
 
-def _merged(parts: list[dict[int, Any]]) -> dict[int, Any]:
-    merged: dict[int, Any] = {}
-    for part in parts:
-        merged.update(part)
-    return merged
+def _encode_usable_rows(
+    encoder: ShardedEncoder, spec: EvalSet, read: Callable[[Any], Any], column: str, missing: str
+) -> tuple[list[int], torch.Tensor, dict[int, Any], int]:
+    """Embed the images of the rows where ``read(row)`` is not None, streaming them.
+
+    Returns:
+        all ranks' readable images as ``(sorted global row indices, (N, D) embeddings)``, the
+        read values by global row index, and the number of rows left out (unusable ``column``
+        or unreadable image).
+    """
+    rows, count = _rows_and_count(spec, encoder)
+    values: dict[int, Any] = {}
+    unusable = 0
+
+    def usable_images() -> Iterator[tuple[int, ImageLike]]:
+        nonlocal unusable
+        for index, row in rows:
+            value = read(row)
+            if value is None:
+                unusable += 1
+                continue
+            values[index] = value
+            yield index, get_field(row, spec.image_column, None)
+
+    image_index, image_embeds, unreadable = encoder.images(usable_images(), total=count)
+    all_values: dict[int, Any] = {}
+    for part in encoder.gather(values):
+        all_values.update(part)
+    unusable = sum(encoder.gather(unusable))
+    if unusable and encoder.rank == 0:
+        logger.warning("skipped %d rows without %s in %r", unusable, missing, column)
+    if not image_index:
+        raise ValueError(
+            f"eval set {spec.name!r}: nothing to evaluate: {unreadable} unreadable images, "
+            f"{unusable} rows without {missing}"
+        )
+    return image_index, image_embeds, all_values, unreadable + unusable
 
 
 def evaluate_retrieval_set(encoder: ShardedEncoder, spec: RetrievalEvalSet) -> dict[str, float]:
     """Recall@K both ways over the whole set (see :func:`~align_hf.evaluation.metrics.retrieval_metrics`),
     plus ``"skipped"``: rows left out because the image could not be read or no caption was given."""
-    rows, count = _rows_and_count(spec, encoder)
-    captions: dict[int, list[str]] = {}
-    no_caption = 0
-
-    def captioned_images() -> Iterator[tuple[int, ImageLike]]:
-        nonlocal no_caption
-        for index, row in rows:
-            caps = read_captions(get_field(row, spec.caption_column, None))
-            if not caps:
-                no_caption += 1
-                continue
-            captions[index] = caps
-            yield index, get_field(row, spec.image_column, None)
-
-    image_index, image_embeds, unreadable = encoder.images(captioned_images(), total=count)
-    all_captions = _merged(encoder.gather(captions))
-    no_caption = sum(encoder.gather(no_caption))
-    if no_caption and encoder.rank == 0:
-        logger.warning("skipped %d rows without a caption in %r", no_caption, spec.caption_column)
-    if not image_index:
-        raise ValueError(
-            f"eval set {spec.name!r}: nothing to evaluate: {unreadable} unreadable images, "
-            f"{no_caption} rows without captions"
-        )
+    image_index, image_embeds, captions, skipped = _encode_usable_rows(
+        encoder, spec, lambda row: read_captions(get_field(row, spec.caption_column, None)) or None,
+        spec.caption_column, "a caption",
+    )
     texts: list[str] = []
     owner: list[int] = []
     for position, index in enumerate(image_index):
-        texts += all_captions[index]
-        owner += [position] * len(all_captions[index])
+        texts += captions[index]
+        owner += [position] * len(captions[index])
     text_embeds = encoder.texts(texts)
     metrics = retrieval_metrics(image_embeds, text_embeds, torch.tensor(owner), ks=tuple(spec.ks))
-    metrics["skipped"] = unreadable + no_caption
+    metrics["skipped"] = skipped
     return metrics
 
 
@@ -102,30 +114,10 @@ def evaluate_zero_shot_set(encoder: ShardedEncoder, spec: ZeroShotEvalSet) -> di
     if unknown:
         raise ValueError(f"eval set {spec.name!r}: subset classes not among class_names: {unknown}")
     templates = load_templates(spec.templates)
-    rows, count = _rows_and_count(spec, encoder)
-    labels: dict[int, int] = {}
-    bad_labels = 0
-
-    def labelled_images() -> Iterator[tuple[int, ImageLike]]:
-        nonlocal bad_labels
-        for index, row in rows:
-            label = read_label(get_field(row, spec.label_column, None), index_of, len(class_names))
-            if label is None:
-                bad_labels += 1
-                continue
-            labels[index] = label
-            yield index, get_field(row, spec.image_column, None)
-
-    image_index, image_embeds, unreadable = encoder.images(labelled_images(), total=count)
-    all_labels = _merged(encoder.gather(labels))
-    bad_labels = sum(encoder.gather(bad_labels))
-    if bad_labels and encoder.rank == 0:
-        logger.warning("skipped %d rows without a usable label in %r", bad_labels, spec.label_column)
-    if not image_index:
-        raise ValueError(
-            f"eval set {spec.name!r}: nothing to evaluate: {unreadable} unreadable images, "
-            f"{bad_labels} rows without a usable label"
-        )
+    image_index, image_embeds, labels, skipped = _encode_usable_rows(
+        encoder, spec, lambda row: read_label(get_field(row, spec.label_column, None), index_of, len(class_names)),
+        spec.label_column, "a usable label",
+    )
     if spec.class_embeddings is not None:
         class_embeds = spec.class_embeddings()
     else:
@@ -136,7 +128,7 @@ def evaluate_zero_shot_set(encoder: ShardedEncoder, spec: ZeroShotEvalSet) -> di
             f"expected ({len(class_names)}, {image_embeds.shape[1]})"
         )
     logits = image_embeds.float() @ class_embeds.float().cpu().T  # cosine similarities (N, C)
-    label_tensor = torch.tensor([all_labels[i] for i in image_index])
+    label_tensor = torch.tensor([labels[i] for i in image_index])
     metrics = classification_metrics(logits, label_tensor)
     metrics["chance"] = 1.0 / len(class_names)
     correct = logits.argmax(1) == label_tensor
@@ -146,7 +138,7 @@ def evaluate_zero_shot_set(encoder: ShardedEncoder, spec: ZeroShotEvalSet) -> di
         if mask.any():
             metrics[f"{subset_name}_top1"] = correct[mask].float().mean().item()
             metrics[f"{subset_name}_num_samples"] = int(mask.sum())
-    metrics["skipped"] = unreadable + bad_labels
+    metrics["skipped"] = skipped
     return metrics
 
 

@@ -210,7 +210,7 @@ class CrossModalIndex:
                 (``len`` + indexing) with images in ``image_column``.
             texts: texts to index for image->text search (empty strings are dropped).
             caption_column: for datasets, a column copied into each image's metadata.
-            index_type: ``auto``, ``flat``, ``hnsw`` or ``ivf`` (see :func:`choose_index_type`).
+            index_type: ``auto``, ``flat``, ``hnsw`` or ``ivf`` (see :func:`~align_hf.search.faiss_index.choose_index_type`).
             memory_budget: bytes the index may use when ``index_type="auto"``.
             batch_size: images per forward pass (texts use 4x).
             chunk_size: items per resumable chunk saved under ``output_dir/partial``.
@@ -242,7 +242,8 @@ class CrossModalIndex:
                 enc = encode_images(model, processor, span, batch_size=batch_size, progress=False, loader=fetch)
                 return enc.embeddings.numpy(), [span[k] for k in enc.kept], [(span[k], r) for k, r in enc.skipped]
 
-            # What the chunks on disk must belong to for a rerun to reuse them.
+            # What the chunks on disk must belong to for a rerun to reuse them. `datasets` offers no
+            # public content fingerprint, so its private one is read (empty when absent).
             if is_table:
                 ids = [str(getattr(images, "_fingerprint", "")), str(count)]
             else:

@@ -114,7 +114,7 @@ class Searcher:
             image_weight, text_weight: composition weights (paper default 1 and 2).
 
         Returns:
-            Up to ``k`` :class:`Hit` s, best first.
+            Up to ``k`` :class:`~align_hf.search.collection.Hit` s, best first.
         """
         target = target or ("image" if "image" in self.index else "text")
         collection = self.index[target]

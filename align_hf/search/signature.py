@@ -28,7 +28,7 @@ def model_signature(model: torch.nn.Module, processor: Any) -> dict[str, Any]:
     probe = encode_texts(model, processor, [PROBE_TEXT], progress=False)[0]
     config = getattr(model, "config", None)
     return {
-        "model_id": str(getattr(config, "_name_or_path", "") or getattr(model, "name_or_path", "") or ""),
+        "model_id": str(getattr(config, "name_or_path", "") or getattr(model, "name_or_path", "") or ""),
         "embedding_dim": int(probe.shape[0]),
         "probe_embedding": [round(float(v), 6) for v in probe],
     }

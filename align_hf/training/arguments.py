@@ -58,7 +58,7 @@ class AlignTrainingArguments(TrainingArguments):
     )
     channels_last: bool = field(
         default=False,
-        metadata={"help": "Keep the image tower and pixel batches channels-last (faster convolutions, 2x on CPU here)."},
+        metadata={"help": "Keep the image tower and pixel batches channels-last (faster convolutions on most hardware)."},
     )
     max_train_seconds: float | None = field(
         default=None,

@@ -1,0 +1,106 @@
+"""The image tower's backbone: a timm EfficientNet set up the way ALIGN's checkpoints expect it
+(padding mode, BatchNorm settings, no head conv)."""
+
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configuration_align import AlignVisionConfig
+
+
+class KerasPadConv2d(nn.Conv2d):
+    """A 'valid' convolution after a fixed zero padding ``(left, right, top, bottom)``.
+
+    Keras' ``correct_pad`` pads stride-2 convolutions by ``(k//2 - 1, k//2)`` whatever the input
+    size, which differs from TF 'SAME' on odd sizes (289 px). Keeping it a ``Conv2d`` subclass
+    leaves the state-dict keys of the timm module it replaces unchanged.
+    """
+
+    def __init__(self, *args, fixed_padding: tuple[int, int, int, int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fixed_padding = tuple(int(p) for p in fixed_padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, self.fixed_padding))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", fixed_padding={self.fixed_padding}"
+
+
+def _keras_padded(conv: nn.Conv2d, symmetric: bool) -> KerasPadConv2d:
+    kh, kw = conv.kernel_size
+    if symmetric:
+        pad = (kw // 2, kw // 2, kh // 2, kh // 2)
+    else:
+        pad = (kw // 2 - 1, kw // 2, kh // 2 - 1, kh // 2)
+    new = KerasPadConv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=0,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        fixed_padding=pad,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
+    new.load_state_dict(conv.state_dict())
+    return new
+
+
+def _apply_keras_padding(backbone: nn.Module, symmetric_blocks: set[int]) -> None:
+    """Swap every stride-2 conv of the stem and the blocks for a :class:`KerasPadConv2d`."""
+    if isinstance(getattr(backbone, "conv_stem", None), nn.Conv2d) and backbone.conv_stem.stride != (1, 1):
+        backbone.conv_stem = _keras_padded(backbone.conv_stem, symmetric=False)
+    flat_index = 0
+    for stage in backbone.blocks:
+        for block in stage:
+            for name, child in list(block.named_children()):
+                if isinstance(child, nn.Conv2d) and child.stride != (1, 1):
+                    setattr(block, name, _keras_padded(child, symmetric=flat_index in symmetric_blocks))
+            flat_index += 1
+
+
+def build_image_backbone(config: AlignVisionConfig) -> tuple[nn.Module, int]:
+    """Create the timm backbone for ``config``; returns it with its pooled feature width."""
+    timm_pad = {"keras": "", "same": "same", "symmetric": ""}[config.padding]
+    kwargs = dict(config.timm_kwargs)
+    kwargs.setdefault("pad_type", timm_pad)
+    if config.drop_path_rate:
+        kwargs.setdefault("drop_path_rate", config.drop_path_rate)
+    try:
+        backbone = timm.create_model(
+            config.model_name,
+            pretrained=False,
+            num_classes=0,
+            global_pool="",
+            in_chans=config.num_channels,
+            **kwargs,
+        )
+    except TypeError:
+        # Not every timm family takes pad_type; only "keras" mode needs our own padding anyway.
+        kwargs.pop("pad_type", None)
+        backbone = timm.create_model(
+            config.model_name, pretrained=False, num_classes=0, global_pool="", in_chans=config.num_channels, **kwargs
+        )
+    if config.padding == "keras":
+        if not hasattr(backbone, "blocks"):
+            raise ValueError(f"padding='keras' needs an EfficientNet-style timm model, got {config.model_name!r}")
+        _apply_keras_padding(backbone, set(config.symmetric_padding_blocks))
+    if not config.keep_head and hasattr(backbone, "conv_head"):
+        # ALIGN pools the last block directly: the 1x1 head conv and its BN are not used.
+        backbone.conv_head = nn.Identity()
+        backbone.bn2 = nn.Identity()
+        width = backbone.feature_info[-1]["num_chs"]
+    else:
+        width = backbone.num_features
+    for module in backbone.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eps = config.batch_norm_eps
+            module.momentum = config.batch_norm_momentum
+    return backbone, width
