@@ -10,9 +10,9 @@ torch, transformers or timm. Registration runs once, as soon as the model code i
 - on the first access of an exported name (``from align_hf import AlignModel``), or
 - when a model module is imported directly (``from align_hf.modeling_align import AlignModel``).
 
-``import align_hf`` alone no longer registers: code that only imports the package and then calls
-``transformers.AutoModel.from_pretrained`` on an align_hf folder must first touch an exported
-class or call :func:`align_hf.registration.register_auto_classes`.
+``import align_hf`` alone no longer registers: code that imports only the package and then goes
+through transformers (``AutoModel.from_pretrained``, ``pipeline``) on an align_hf folder calls
+``align_hf.register_auto_classes()`` first (or imports a class from align_hf).
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ __all__ = [
     "AlignContrastiveHead",
     "contrastive_loss",
     "sigmoid_loss",
+    "register_auto_classes",
 ]
 
 # The modules registration imports; finishing the import of any of them triggers registration.

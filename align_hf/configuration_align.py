@@ -83,6 +83,25 @@ class AlignVisionConfig(PreTrainedConfig):
         super().__init__(**kwargs)
 
 
+# The AlignTextConfig fields its encoder's config takes under the same names (BERT's, which
+# transformers' ALIGN text config uses too).
+ENCODER_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "initializer_range",
+    "layer_norm_eps",
+    "pad_token_id",
+)
+
+
 class AlignTextConfig(PreTrainedConfig):
     r"""Text tower: a BERT-like transformers encoder; the [CLS] state of its last layer is the embedding.
 
@@ -136,21 +155,7 @@ class AlignTextConfig(PreTrainedConfig):
 
     def to_encoder_config(self) -> PreTrainedConfig:
         """The transformers config of the wrapped encoder (e.g. a ``BertConfig``), SDPA attention."""
-        fields = dict(
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            intermediate_size=self.intermediate_size,
-            hidden_act=self.hidden_act,
-            hidden_dropout_prob=self.hidden_dropout_prob,
-            attention_probs_dropout_prob=self.attention_probs_dropout_prob,
-            max_position_embeddings=self.max_position_embeddings,
-            type_vocab_size=self.type_vocab_size,
-            initializer_range=self.initializer_range,
-            layer_norm_eps=self.layer_norm_eps,
-            pad_token_id=self.pad_token_id,
-        )
+        fields = {name: getattr(self, name) for name in ENCODER_FIELDS}
         fields.update(self.encoder_kwargs)
         return AutoConfig.for_model(self.text_model_type, **fields)
 

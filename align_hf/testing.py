@@ -26,11 +26,8 @@ def tiny_tokenizer(words: list[str] | None = None, max_length: int = 64) -> Bert
 
 
 def tiny_processor(words: list[str] | None = None, image_size: int = 64, max_length: int = 16) -> AlignProcessor:
-    """A processor for the ``tiny`` preset: resize to ``image_size * 1.2``, crop ``image_size``."""
-    resize = int(round(image_size * 346 / 289))
-    image_processor = AlignImageProcessor(
-        size={"height": resize, "width": resize}, crop_size={"height": image_size, "width": image_size}
-    )
+    """A processor for the ``tiny`` preset: ALIGN's resize ratio (346/289), centre crop ``image_size``."""
+    image_processor = AlignImageProcessor.for_image_size(image_size)
     return AlignProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(words, max_length))
 
 

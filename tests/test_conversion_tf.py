@@ -222,6 +222,28 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+
+def test_align_hf_convert_hands_over_to_the_converter(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from align_hf.cli import main as align_hf_main
+
+    shown = subprocess.run([sys.executable, "-m", "align_hf.cli", "convert", "tf-align", "--help"],
+                           capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert "align-hf convert tf-align" in shown.stdout and "--checkpoint" in shown.stdout
+    # Same arguments as test_google_bert_matches_tensorflow / test_cli_reports_errors_without_traceback.
+    out = tmp_path / "text-tower"
+    argv = ["convert", "tf-bert", "--checkpoint", str(fx.prefix("bert_tf1")), "--output-dir", str(out),
+            "--vocab", str(fx.FIXTURES / "vocab.txt")]
+    assert align_hf_main(argv) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
+    bad = ["convert", "tf-align", "--checkpoint", str(fx.prefix("bert_tf1")), "--output-dir", str(tmp_path / "x")]
+    assert align_hf_main(bad) == 1
+    assert "not a coyo-align ALIGN checkpoint" in capsys.readouterr().err
+
 # ----------------------------------------------------------------------------- TF1 towers
 @pytest.fixture(scope="module")
 def tpu_b0():

@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 from typing import Sequence
 
 
@@ -53,8 +52,8 @@ def parse_train_args(argv: Sequence[str]):
 def run_train(argv: Sequence[str]) -> int:
     """``align-hf train ARGV``: parse, set up logging, run the task."""
     model_args, data_args, training_args = parse_train_args(argv)
-    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not training_args.should_log:  # ranks other than the main one only report problems
+        logging.getLogger().setLevel(logging.WARNING)
     if not data_args.train_data:
         raise SystemExit("align-hf train: --train_data is required")
     if data_args.task == "classification":
@@ -87,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         add_help=False, prefix_chars="+",
     )
     train.add_argument("rest", nargs=argparse.REMAINDER)
-    train.set_defaults(func=_run_train_command)
+    train.set_defaults(func=_run_train_command, default_log_level=logging.INFO)
 
     from align_hf.training.quickstart import add_quickstart_arguments
 
@@ -97,14 +96,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_quickstart_arguments(quick)
     quick.set_defaults(func=_run_quickstart_command)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_train(sys.argv[1:] if argv is None else argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 __all__ = ["parse_train_args", "register", "run_train"]

@@ -15,10 +15,9 @@ from typing import Any
 
 import torch
 
-from align_hf.configuration_align import AlignConfig
+from align_hf.configuration_align import ENCODER_FIELDS, AlignConfig
 from align_hf.conversion.efficientnet_family import B0_STAGES, EFFICIENTNET_SCALES, round_filters, variant_blocks
 from align_hf.hub import hub_options, load_weight_file, resolve_file, weight_files
-
 
 
 def _transformers_stages() -> dict[str, list[int]]:
@@ -31,23 +30,6 @@ def _transformers_stages() -> dict[str, list[int]]:
         num_block_repeats=[s.repeats for s in B0_STAGES],
         expand_ratios=[s.expand_ratio for s in B0_STAGES],
     )
-
-
-_TEXT_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "hidden_act",
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-    "max_position_embeddings",
-    "type_vocab_size",
-    "initializer_range",
-    "layer_norm_eps",
-    "pad_token_id",
-)
 
 
 def _efficientnet_variant(width: float, depth: float) -> str:
@@ -88,7 +70,7 @@ def config_from_hf(hf_config: dict[str, Any], image_size: int = 289) -> AlignCon
         batch_norm_momentum=round(1.0 - tf_momentum, 6) if tf_momentum > 0.5 else tf_momentum,
         drop_path_rate=0.0,
     )
-    text_config = {k: text[k] for k in _TEXT_FIELDS if k in text}
+    text_config = {k: text[k] for k in ENCODER_FIELDS if k in text}
     return AlignConfig(
         vision_config=vision_config,
         text_config=text_config,
@@ -127,7 +109,7 @@ def config_to_hf(config: AlignConfig) -> dict[str, Any]:
         batch_norm_momentum=0.99,
     )
     text = config.text_config
-    text_dict = {k: getattr(text, k) for k in _TEXT_FIELDS}
+    text_dict = {k: getattr(text, k) for k in ENCODER_FIELDS}
     return dict(
         model_type="align",
         architectures=["AlignModel"],

@@ -12,8 +12,6 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-# get_field lives with the other row readers; it is re-exported here for existing imports.
-from align_hf.evaluation.fields import get_field
 
 
 @dataclass
@@ -87,4 +85,4 @@ def as_eval_sets(eval_dataset: Any) -> list[EvalSet]:
     return [RetrievalEvalSet(eval_dataset)]
 
 
-__all__ = ["get_field", "RetrievalEvalSet", "ZeroShotEvalSet", "EvalSet", "as_eval_sets"]
+__all__ = ["RetrievalEvalSet", "ZeroShotEvalSet", "EvalSet", "as_eval_sets"]

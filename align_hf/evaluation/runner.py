@@ -26,8 +26,6 @@ from align_hf.evaluation.zero_shot import ZeroShotClassifier, build_class_embedd
 
 logger = logging.getLogger(__name__)
 
-# Old private name still imported by align_hf/training/classification.py; drop once it imports read_label.
-_label_index = read_label
 
 
 def _rows_and_count(spec: EvalSet, encoder: ShardedEncoder) -> tuple[Iterator[tuple[int, Any]], int | None]:

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from align_hf.evaluation.encoding import encode_images, encode_texts
-from align_hf.evaluation.eval_sets import get_field
+from align_hf.evaluation.fields import get_field
 from align_hf.image_io import list_images, open_image
 from align_hf.search.collection import VectorCollection
 from align_hf.search.faiss_index import build_faiss_index

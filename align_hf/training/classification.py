@@ -86,14 +86,13 @@ class LabelledImages(torch.utils.data.Dataset):
 
     def __init__(self, rows: Any, label_column: str, class_names: Sequence[str], transform: Any, image_column: str = "image"):
         from align_hf.data.decoding import decode_image, image_bytes
-        from align_hf.evaluation import get_field
-        from align_hf.evaluation.runner import _label_index
+        from align_hf.evaluation.fields import get_field, read_label
 
         index_of = {name: i for i, name in enumerate(class_names)}
         self.images, self.labels, self.skipped = [], [], {"unreadable": 0, "bad_label": 0}
         self.transform = transform
         for row in rows:
-            label = _label_index(get_field(row, label_column, None), index_of, len(class_names))
+            label = read_label(get_field(row, label_column, None), index_of, len(class_names))
             if label is None:
                 self.skipped["bad_label"] += 1
                 continue

@@ -234,7 +234,6 @@ def run_quickstart(args: argparse.Namespace) -> int:
 
     from align_hf.training.plotting import plot_training_curves
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     wall_start = time.perf_counter()

@@ -69,7 +69,10 @@ TEXTS = ["a photo of a cat", "two dogs playing in the snow on a sunny day", "an 
 N_IMAGES = 3
 VBATCH = 16  # virtual_batch_size: Keras BN with it needs batches that are multiples of 16
 
-# EfficientNet-B0 stages: kernel, repeats, filters in, filters out, expand ratio, stride
+# EfficientNet-B0 stages: kernel, repeats, filters in, filters out, expand ratio, stride.
+# This table and round_filters() repeat align_hf.conversion.efficientnet_family on purpose: the
+# fixtures are the independent reference the converters are tested against (and this script runs
+# in a TensorFlow venv), so a slip in the package's copy must not reach them.
 B0_STAGES = [
     (3, 1, 32, 16, 1, 1),
     (3, 2, 16, 24, 6, 2),
