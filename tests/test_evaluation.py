@@ -401,7 +401,8 @@ def saved_model(tiny, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
-    from align_hf.data.synthetic import SyntheticConfig, write_synthetic_corpus
+    from align_hf.data.synthetic import SyntheticConfig
+    from align_hf.data.synthetic_files import write_synthetic_corpus
 
     root = tmp_path_factory.mktemp("corpus")
     config = SyntheticConfig(

@@ -33,7 +33,8 @@ def _add_source_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from align_hf.data.synthetic import SPLITS, SyntheticConfig, write_synthetic_corpus
+    from align_hf.data.synthetic import SPLITS, SyntheticConfig
+    from align_hf.data.synthetic_files import write_synthetic_corpus
 
     values = dict(
         image_size=args.image_size,
