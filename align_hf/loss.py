@@ -38,9 +38,10 @@ def auto_chunk_size(num_rows: int, num_cols: int, device: torch.device | str = "
     """Tile edge used when ``chunk_size=None``.
 
     Each tile costs a few ``tile^2`` fp32 temporaries (16 MiB each at 2048) and about twenty
-    tensor ops, so larger tiles mean fewer ops and fewer thread synchronisations. On 2 busy cores
-    at N = 8192, d = 640, 2048 ran 1.6x faster than 1024 and within 5% of 4096. GPUs want
-    larger tiles to fill the SMs and amortise kernel launches (8192 there is an untuned guess).
+    tensor ops, so larger tiles mean fewer ops and fewer thread synchronisations; on CPU, 2048 is
+    where larger tiles stopped paying (``benchmarks/bench_loss.py --chunk-size`` measures it).
+    GPUs want larger tiles to fill the SMs and amortise kernel launches (8192 there is an untuned
+    guess).
     """
     device = torch.device(device)
     tile = 8192 if device.type == "cuda" else 2048

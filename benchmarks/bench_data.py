@@ -138,8 +138,8 @@ def main(argv=None) -> int:
         write_synthetic_corpus(synthetic, config, progress=False, splits=["train"])
         rows += run("synthetic 64px -> 77/64", os.path.join(synthetic, "train"), 77, 64, args.repeats)
     print(f"torch {torch.__version__}, 1 thread, best of {args.repeats}; pairs/s = decoded + transformed pairs per second per core")
-    print(f"| workload | method | pairs | pairs/s/core | vs plain loop |")
-    print(f"|---|---|---:|---:|---:|")
+    print("| workload | method | pairs | pairs/s/core | vs plain loop |")
+    print("|---|---|---:|---:|---:|")
     for workload, label, count, rate, ratio in rows:
         print(f"| {workload} | {label} | {count} | {rate:,.0f} | {ratio:.2f}x |")
     return 0

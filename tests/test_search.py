@@ -310,7 +310,6 @@ def test_interrupted_build_resumes_from_finished_chunks(tiny, image_folder, tmp_
 
 
 def test_resume_discards_chunks_of_another_job(tiny, image_folder, tmp_path, monkeypatch):
-    from align_hf.testing import tiny_model
 
     model, processor = tiny
     partial = tmp_path / "partial"

@@ -184,12 +184,8 @@ def make_processor(vocab_file: str | Path, image_size: int = 289, resize: int | 
 
     if not Path(vocab_file).is_file():
         raise FileNotFoundError(f"vocabulary file not found: {vocab_file}")
-    resize = resize or int(round(image_size * 346 / 289))
-
     tokenizer = BertTokenizer(str(vocab_file), do_lower_case=True, model_max_length=max_length)
-    image_processor = AlignImageProcessor(
-        size={"height": resize, "width": resize}, crop_size={"height": image_size, "width": image_size}
-    )
+    image_processor = AlignImageProcessor.for_image_size(image_size, resize=resize)
     return AlignProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 

@@ -15,7 +15,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from align_hf.image_io import to_rgb

@@ -403,7 +403,6 @@ class SyntheticCorpus:
         return text + background
 
     def _noisy_caption(self, scene: dict[str, Any], rng: np.random.Generator, kind: str) -> str:
-        cfg = self.config
         objects = scene["objects"]
         if kind == "unrelated":
             # Mostly short junk; sometimes a keyword-spam run longer than ALIGN's 20-word limit.

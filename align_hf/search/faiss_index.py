@@ -16,7 +16,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
-# Exact search over 100k x 640 float32 costs ~25 ms a query on 2 cores; beyond that go approximate.
+# Exact search costs grow with N per query; beyond this many vectors "auto" goes approximate
+# (the README's search benchmark shows the trade-off).
 FLAT_MAX_VECTORS = 100_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
