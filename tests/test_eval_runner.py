@@ -12,6 +12,9 @@ from align_hf.evaluation.eval_sets import RetrievalEvalSet, ZeroShotEvalSet
 from align_hf.evaluation.fields import read_captions, read_label
 from align_hf.evaluation.sharding import count_of_rank, in_row_order, rows_of_rank
 
+# The tiny model and the one-thread setting of the evaluation tests.
+from test_evaluation import one_thread, tiny  # noqa: E402,F401,F811  (pytest fixtures)
+
 
 def test_read_captions():
     assert read_captions(" a cat ") == ["a cat"]
@@ -39,21 +42,6 @@ def test_rows_of_rank_cover_every_row_once_and_come_back_in_order():
     order, matrix = in_row_order(embeddings, dim=1)
     assert order == list(range(7)) and matrix[:, 0].tolist() == [float(i) for i in range(7)]
     assert in_row_order([([], torch.zeros(0, 4))], dim=4)[1].shape == (0, 4)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from align_hf.testing import tiny_model, tiny_processor
-
-    return tiny_model(), tiny_processor()
 
 
 @pytest.fixture(scope="module")
