@@ -44,40 +44,101 @@ def read_config_dict(repo: str | os.PathLike, **options) -> dict[str, Any] | Non
         return json.load(handle)
 
 
-def weight_files(repo: str | os.PathLike, allow_pickle: bool, **options) -> list[str]:
-    """Weight files of a repo: safetensors (single or sharded), or pickles only when allowed."""
-    for single, index in ((SAFE_WEIGHTS, SAFE_INDEX), (PICKLE_WEIGHTS, PICKLE_INDEX)):
+class UnsafePickleError(ValueError):
+    """A ``.bin`` checkpoint that ``torch.load(weights_only=True)`` refuses: unpickling it would run code."""
+
+
+def weight_files(
+    repo: str | os.PathLike, allow_pickle: bool = False, use_safetensors: bool | None = None, **options
+) -> list[str]:
+    """Local paths of a repo's weight files, the way transformers picks them.
+
+    safetensors (single file, else sharded index) come first; ``pytorch_model.bin`` (single or
+    sharded) only when no safetensors exist or ``use_safetensors=False``. A pickle is checked to
+    load with ``torch.load(weights_only=True)`` (tensors and plain containers only) unless
+    ``allow_pickle=True``, which trusts the file to be fully unpickled.
+
+    Raises:
+        UnsafePickleError: a ``.bin`` file needs code execution to load (and ``allow_pickle`` is off).
+        FileNotFoundError: the repo has no weights at all.
+    """
+    formats = [(SAFE_WEIGHTS, SAFE_INDEX), (PICKLE_WEIGHTS, PICKLE_INDEX)]
+    if use_safetensors is False:
+        formats = formats[1:]
+    for single, index in formats:
+        paths = _resolve_weight_set(repo, single, index, options)
+        if not paths:
+            continue
         if single == PICKLE_WEIGHTS and not allow_pickle:
-            if resolve_file(repo, single, **options) or resolve_file(repo, index, **options):
-                raise_pickle_refused(repo)
-            break
-        path = resolve_file(repo, single, **options)
-        if path:
-            return [path]
-        index_path = resolve_file(repo, index, **options)
-        if index_path:
-            with open(index_path, encoding="utf-8") as handle:
-                shards = sorted(set(json.load(handle)["weight_map"].values()))
-            return [resolve_file(repo, shard, **options) for shard in shards]
-    raise FileNotFoundError(f"No model weights ({SAFE_WEIGHTS} or {SAFE_INDEX}) found in {repo}")
+            for path in paths:
+                check_weights_only(path)
+        return paths
+    names = ", ".join(name for pair in formats for name in pair)
+    raise FileNotFoundError(f"No model weights ({names}) found in {repo}")
 
 
-def raise_pickle_refused(repo) -> None:
-    raise ValueError(
-        f"{repo} only has pickle weights ({PICKLE_WEIGHTS}). align_hf loads safetensors only, because "
-        "unpickling can run arbitrary code. If you trust this source, pass allow_pickle=True "
-        "(they are then read with torch.load(weights_only=True)), or convert them to safetensors."
+def _resolve_weight_set(repo, single: str, index: str, options: dict[str, Any]) -> list[str]:
+    """``[single]``, or every shard named by ``index``, as local paths; ``[]`` when neither exists."""
+    path = resolve_file(repo, single, **options)
+    if path:
+        return [path]
+    index_path = resolve_file(repo, index, **options)
+    if not index_path:
+        return []
+    with open(index_path, encoding="utf-8") as handle:
+        shards = sorted(set(json.load(handle)["weight_map"].values()))
+    paths = [resolve_file(repo, shard, **options) for shard in shards]
+    missing = [shard for shard, shard_path in zip(shards, paths) if not shard_path]
+    if missing:
+        raise FileNotFoundError(f"{repo}: {index} names shards that are missing: {missing}")
+    return paths
+
+
+def _unsafe_pickle(path: str, cause: BaseException) -> UnsafePickleError:
+    # torch's message is long; the line naming the refused global is the informative one.
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    reason = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(cause).__name__)
+    return UnsafePickleError(
+        f"{path} cannot be loaded with torch.load(weights_only=True): unpickling it would run code "
+        f"({reason}). "
+        "Plain state dicts of tensors load without this error. If you trust the source, pass "
+        "allow_pickle=True (AlignModel.from_pretrained / load_model_and_processor; "
+        "`align-hf convert from-transformers --allow-pickle`), or convert the file to safetensors."
     )
 
 
-def load_weight_file(path: str) -> dict:
+def check_weights_only(path: str) -> None:
+    """Raise :class:`UnsafePickleError` unless ``path`` loads with ``torch.load(weights_only=True)``.
+
+    Tensors land on the meta device, so the check costs the unpickling, not the tensor bytes.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        torch.load(path, map_location="meta", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise _unsafe_pickle(path, exc) from exc
+
+
+def load_weight_file(path: str, allow_pickle: bool = False) -> dict:
+    """The state dict in one weight file (safetensors, or a pickle read with ``weights_only=True``
+    unless ``allow_pickle``), on the CPU."""
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
         return load_file(path)
+    import pickle
+
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as exc:
+        if allow_pickle:
+            raise
+        raise _unsafe_pickle(path, exc) from exc
 
 
 def build_model_card(

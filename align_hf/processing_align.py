@@ -3,6 +3,11 @@
 Images: any PIL mode, numpy or torch image is turned into 8-bit RGB, then resized to 346x346,
 centre-cropped to 289x289 and scaled to ``x / 127.5 - 1`` (no mean/std), as align-base.
 Texts: BERT uncased WordPiece, padded to 64 tokens.
+
+This module ships as remote code: a saved processor folder carries it and :mod:`image_io` (its only
+relative import), so ``AutoProcessor``/``AutoImageProcessor``/``pipeline(..., trust_remote_code=True)``
+load the folder where align_hf is not installed. Keep its imports relative and its dependencies to
+that one module.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from transformers.image_utils import PILImageResampling
 from transformers.models.efficientnet.image_processing_efficientnet import EfficientNetImageProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from .hub import HUB_OPTIONS
 from .image_io import to_rgb
 
 ALIGN_RESIZE = 346
@@ -135,14 +139,30 @@ class AlignProcessor(ProcessorMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "AlignProcessor":
-        """Load from an align_hf or transformers-format ALIGN folder or Hub repo."""
-        hub_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_OPTIONS or k == "trust_remote_code"}
-        image_processor = AlignImageProcessor.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-        return cls(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
+        """Load from an align_hf or transformers-format ALIGN folder or Hub repo.
+
+        As ``ProcessorMixin.from_pretrained``, every keyword argument but ``chat_template`` goes to
+        both sub-loaders: Hub options (``cache_dir``, ``revision``, ``token``, ...), overrides of
+        image-processor settings, and the private flags transformers adds on its way here
+        (``_from_auto`` from ``AutoProcessor``, ``_from_pipeline`` from ``pipeline``), which both
+        loaders accept. The image processor is always an :class:`AlignImageProcessor`, also where a
+        transformers-format folder names ``EfficientNetImageProcessor``.
+        """
+        own = {key: kwargs.pop(key) for key in ("chat_template",) if key in kwargs}
+        image_processor = AlignImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return cls(image_processor=image_processor, tokenizer=tokenizer, **own)
 
 
 _TOKENIZER_OPTIONS = {"padding", "max_length", "truncation", "return_attention_mask", "return_token_type_ids", "pad_to_multiple_of"}
+
+
+# Marked for remote code here rather than in registration.py: this module also runs as remote code
+# without align_hf, where transformers marks only the class it loaded (AutoProcessor marks the
+# processor, not its image processor); marking both on import keeps both auto_map entries when a
+# processor loaded that way is saved again.
+AlignProcessor.register_for_auto_class("AutoProcessor")
+AlignImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 
 __all__ = ["AlignImageProcessor", "AlignProcessor", "resize_for", "to_rgb"]

@@ -21,8 +21,10 @@ def register_auto_classes() -> None:
     """Make ``Auto*.from_pretrained`` resolve ``model_type="align_hf"`` to our classes.
 
     The class names equal transformers' own ALIGN classes, so registration needs ``exist_ok``.
-    Also marks the classes for remote code, so ``save_pretrained`` copies their modules next to
-    the weights and a saved folder loads with ``trust_remote_code=True`` without align_hf installed.
+    Also marks the config and model for remote code, so ``save_pretrained`` copies their modules
+    next to the weights and a saved folder loads with ``trust_remote_code=True`` without align_hf
+    installed. The processor and image processor are marked by ``processing_align`` itself (it
+    also runs as remote code, see there).
     """
     global _done
     if _done:

@@ -22,6 +22,8 @@ SizeLike = int | Sequence[int] | Mapping[str, int]
 
 # The statistics key a pipeline sample may carry (see pipeline.ImageTextPairs).
 STATS_KEY = "_stats"
+# Tokenizer outputs the model's forward takes, in the order the collator returns them.
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _PIL_TO_TORCHVISION = {Image.NEAREST: "nearest", Image.BILINEAR: "bilinear", Image.BICUBIC: "bicubic", Image.LANCZOS: "bicubic", Image.BOX: "bilinear"}
 # Word swaps that keep a caption true after a horizontal flip (captions that mention sides).
 LEFT_RIGHT_SWAP = {"left": "right", "right": "left"}
@@ -177,12 +179,20 @@ class ImageTransform:
 
 
 class ImageTextCollator:
-    """Batch samples ``{"pixel_values": (3,H,W), "text": str}`` into model inputs.
+    """Batch image-text samples into model inputs.
 
-    Returns ``pixel_values`` (B,3,H,W) float, ``input_ids`` and ``attention_mask`` (B,L) long,
-    tokenised with truncation to ``max_length`` (ALIGN: 64). ``padding="longest"`` pads to the
-    longest caption in the batch (cheaper for short alt-texts); ``"max_length"`` always pads to
-    ``max_length``, as transformers' ALIGN processor does.
+    A sample holds ``pixel_values`` (a ``(3, H, W)`` tensor, an array/nested list of that shape,
+    or a PIL image when ``image_transform`` is given) and either the caption ``text`` or its
+    tokens ``input_ids`` (plus optional ``attention_mask``/``token_type_ids``, e.g. made by
+    :meth:`tokenize` or the processor in ``datasets.map``). Returns ``pixel_values`` (B,3,H,W)
+    float, ``input_ids`` and ``attention_mask`` (B,L) long; captions are tokenised with
+    truncation to ``max_length`` (ALIGN: 64). ``padding="longest"`` pads to the longest caption
+    in the batch (cheaper for short alt-texts); ``"max_length"`` always pads to ``max_length``,
+    as transformers' ALIGN processor does.
+
+    ``return_loss=True`` adds ``"return_loss": True`` to every batch, the transformers convention
+    for contrastive models (CLIP's fine-tuning example does the same): the stock
+    ``transformers.Trainer`` calls ``model(**batch)`` and needs the model to return its loss.
 
     Samples without ``pixel_values`` (statistics-only records) are left out of the tensors;
     with ``keep_stats=True`` their statistics are summed under ``"_stats"``.
@@ -195,6 +205,8 @@ class ImageTextCollator:
         padding: str = "longest",
         return_token_type_ids: bool = False,
         keep_stats: bool = False,
+        return_loss: bool = False,
+        image_transform: ImageTransform | None = None,
     ):
         if padding not in ("longest", "max_length"):
             raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
@@ -203,12 +215,39 @@ class ImageTextCollator:
         self.padding = padding
         self.return_token_type_ids = return_token_type_ids
         self.keep_stats = keep_stats
+        self.return_loss = return_loss
+        self.image_transform = image_transform
+        self._worker_id: int | None = None
 
-    def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        real = [s for s in samples if s.get("pixel_values") is not None]
-        batch: dict[str, Any] = {}
-        if real:
-            batch["pixel_values"] = torch.stack([s["pixel_values"] for s in real])
+    def tokenize(self, examples: Mapping[str, Any], text_column: str = "text") -> dict[str, list]:
+        """Tokens of ``examples[text_column]`` (one caption or a list), truncated as the collator
+        truncates and left unpadded: a ``datasets.map`` function (``batched=True`` or not) that
+        gives batches identical to collating the captions."""
+        encoded = self.tokenizer(
+            examples[text_column],
+            truncation=True,
+            max_length=self.max_length,
+            return_token_type_ids=self.return_token_type_ids,
+        )
+        return {k: encoded[k] for k in TEXT_INPUTS if k in encoded}
+
+    def _pixels(self, value: Any) -> torch.Tensor:
+        """One sample's pixels as a float ``(3, H, W)`` tensor."""
+        if isinstance(value, torch.Tensor):
+            return value
+        if isinstance(value, Image.Image):
+            if self.image_transform is None:
+                raise ValueError("pixel_values holds PIL images: give the collator image_transform=ImageTransform(...)")
+            info = torch.utils.data.get_worker_info()
+            if info is not None and self._worker_id != info.id:
+                # Forked workers inherit the same RNG state and would augment alike.
+                self.image_transform.reseed(info.seed % 2**31)
+                self._worker_id = info.id
+            return self.image_transform(value)
+        return torch.as_tensor(np.asarray(value, dtype=np.float32))
+
+    def _encode(self, real: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if all(s.get("text") is not None for s in real):
             encoded = self.tokenizer(
                 [s["text"] for s in real],
                 padding=self.padding,
@@ -217,10 +256,30 @@ class ImageTextCollator:
                 return_tensors="pt",
                 return_token_type_ids=self.return_token_type_ids,
             )
-            batch["input_ids"] = encoded["input_ids"]
-            batch["attention_mask"] = encoded["attention_mask"]
-            if self.return_token_type_ids and "token_type_ids" in encoded:
-                batch["token_type_ids"] = encoded["token_type_ids"]
+            keys = TEXT_INPUTS if self.return_token_type_ids else TEXT_INPUTS[:2]
+            return {k: encoded[k] for k in keys if k in encoded}
+        if all(s.get("input_ids") is not None for s in real):
+            keys = [k for k in TEXT_INPUTS if all(s.get(k) is not None for s in real)]
+            features = [{k: s[k] for k in keys} for s in real]
+            # Converted to lists first: tokenizer.pad takes lists or 1-D tensors, not Arrow's numpy rows.
+            features = [{k: (v.tolist() if hasattr(v, "tolist") else list(v)) for k, v in f.items()} for f in features]
+            encoded = self.tokenizer.pad(features, padding=self.padding, max_length=self.max_length, return_tensors="pt")
+            return {k: encoded[k] for k in TEXT_INPUTS if k in encoded}
+        raise ValueError(
+            "each sample needs its caption under 'text' or its tokens under 'input_ids'. The stock "
+            "transformers.Trainer drops 'text' (not an argument of the model's forward) unless "
+            "remove_unused_columns=False; tokenise in the dataset instead, e.g. "
+            "dataset.map(collator.tokenize, batched=True, remove_columns=['text'])"
+        )
+
+    def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        real = [s for s in samples if s.get("pixel_values") is not None]
+        batch: dict[str, Any] = {}
+        if real:
+            batch["pixel_values"] = torch.stack([self._pixels(s["pixel_values"]) for s in real])
+            batch.update(self._encode(real))
+            if self.return_loss:
+                batch["return_loss"] = True
         if self.keep_stats:
             total: dict[str, int] = {}
             for sample in samples:

@@ -9,11 +9,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import faiss
 import numpy as np
 import torch
 
-from align_hf.search.faiss_index import set_search_params
+from align_hf.search.faiss_index import faiss, set_search_params
 
 
 @dataclass

@@ -11,9 +11,15 @@ import math
 import os
 from typing import Any
 
-import faiss
 import numpy as np
 from tqdm.auto import tqdm
+
+try:
+    import faiss
+except ImportError as err:  # an extra: faiss-cpu and faiss-gpu must not be installed side by side
+    raise ImportError(
+        "align_hf.search needs FAISS: pip install 'align_hf[search]' (faiss-cpu), or faiss-gpu on a GPU machine"
+    ) from err
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 # Exact search costs grow with N per query; beyond this many vectors "auto" goes approximate

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Sequence
+
+logger = logging.getLogger(__name__)
 
 
 def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -25,12 +28,20 @@ def _eval_keys(history: Sequence[dict[str, Any]]) -> list[str]:
     return keys
 
 
-def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike, title: str | None = None) -> str:
+def plot_training_curves(
+    history: Sequence[dict[str, Any]], path: str | os.PathLike, title: str | None = None
+) -> str | None:
     """Write a PNG with three panels: training loss, temperature, eval metrics. Returns the path.
 
     ``history``: ``trainer.state.log_history`` (a list of dicts with ``step`` and logged values).
+    Without matplotlib (the ``[plot]`` extra) nothing is written and ``None`` is returned: a finished
+    training run must not fail over its picture.
     """
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        logger.warning("matplotlib is not installed (pip install 'align_hf[plot]'): no training curves at %s", path)
+        return None
 
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt

@@ -76,15 +76,15 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     card_metrics = {"eval": {k: float(v) for k, v in metrics.items() if isinstance(v, float)}} if metrics else None
     trainer.save_hub_folder(os.path.join(out, "model"), metrics=card_metrics)
     if trainer.is_world_process_zero():
-        plot_training_curves(trainer.state.log_history, os.path.join(out, "training_curves.png"),
-                             title=f"align-hf train: {model_args.model}")
+        curves = plot_training_curves(trainer.state.log_history, os.path.join(out, "training_curves.png"),
+                                      title=f"align-hf train: {model_args.model}")
         with open(os.path.join(out, "metrics.json"), "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=2)
         rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in metrics.items() if not k.endswith("runtime")]
         print(f"\ntrained {trainer.state.global_step} steps in {train_seconds:.0f} s")
         if rows:
             print(format_table(rows))
-        print(f"model: {os.path.join(out, 'model')}\ncurves: {os.path.join(out, 'training_curves.png')}\n"
+        print(f"model: {os.path.join(out, 'model')}\ncurves: {curves or 'not drawn (no matplotlib)'}\n"
               f"metrics: {os.path.join(out, 'metrics.json')}")
     return summary
 

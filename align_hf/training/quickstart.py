@@ -258,7 +258,8 @@ def run_quickstart(args: argparse.Namespace) -> int:
     model_dir = trainer.save_hub_folder(os.path.join(out, "model"),
                                         metrics={"synthetic-heldout": {k: v for k, v in result.items() if k != "train_seconds"}},
                                         tags=["synthetic"])
-    plot_training_curves(trainer.state.log_history, os.path.join(out, "training_curves.png"), title="align-hf quickstart")
+    curves = plot_training_curves(trainer.state.log_history, os.path.join(out, "training_curves.png"),
+                                  title="align-hf quickstart")
     result_file = {**result, "wall_seconds": time.perf_counter() - wall_start, "recipe": dataclasses.asdict(recipe),
                    "noise": args.noise, "data": stats, "eval": metrics}
     with open(os.path.join(out, "metrics.json"), "w", encoding="utf-8") as handle:
@@ -267,7 +268,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
     print(quickstart_table(result, metrics))
     print(f"\nwall time {result_file['wall_seconds']:.0f} s (training {train_seconds:.0f} s); data: {stats['kept']} of "
           f"{stats['total']} pairs read were kept, filtered {stats['filtered']}")
-    print(f"wrote {os.path.join(out, 'metrics.json')}, {model_dir}/, {os.path.join(out, 'training_curves.png')}")
+    print(f"wrote {', '.join(str(p) for p in (os.path.join(out, 'metrics.json'), f'{model_dir}/', curves) if p)}")
     return 0
 
 
