@@ -38,7 +38,10 @@ class AlignVisionConfig(PreTrainedConfig):
         batch_norm_momentum: BatchNorm momentum in the *PyTorch* sense: TF's decay 0.99 is 0.01 here.
         image_projection_dim: when set, a linear layer maps the pooled features to this size.
         keep_head: keep the backbone's 1x1 ``conv_head`` (ALIGN drops it).
-        timm_kwargs: further keyword arguments for ``timm.create_model``.
+        timm_kwargs: further keyword arguments for ``timm.create_model``. With
+            ``model_name="tf_efficientnet_b0"``, ``channel_multiplier`` and ``depth_multiplier``
+            scale B0 to any width/depth (transformers' ``width_coefficient``/``depth_coefficient``),
+            e.g. ``{"channel_multiplier": 0.5, "depth_multiplier": 0.5}``.
     """
 
     model_type = "align_hf_vision_model"

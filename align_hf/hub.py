@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tempfile
 from typing import Any
 
@@ -141,6 +143,106 @@ def load_weight_file(path: str, allow_pickle: bool = False) -> dict:
         raise _unsafe_pickle(path, exc) from exc
 
 
+def load_weight_files(paths: list[str], allow_pickle: bool = False) -> dict:
+    """The merged state dict of ``paths`` (the files :func:`weight_files` returns), on the CPU."""
+    state: dict = {}
+    for path in paths:
+        state.update(load_weight_file(path, allow_pickle=allow_pickle))
+    return state
+
+
+def prepare_weights(repo: str | os.PathLike, allow_pickle: bool, kwargs: dict[str, Any]) -> dict | None:
+    """The weight check of ``AlignModel.from_pretrained`` before it hands over to transformers.
+
+    Finds the files transformers will pick (safetensors first) and checks that a
+    ``pytorch_model.bin`` loads with ``torch.load(weights_only=True)``, so an unsafe pickle fails
+    with an error naming it (:class:`UnsafePickleError`). ``allow_pickle`` (or transformers'
+    ``weights_only=False``, popped from ``kwargs``) trusts pickles to be fully unpickled; as
+    transformers 5 reads ``.bin`` files with ``weights_only=True`` whatever it is told, their
+    state dict is returned then, to pass as ``state_dict``. Returns None otherwise.
+    """
+    trusted = kwargs.pop("weights_only", True) is False or allow_pickle
+    files = weight_files(repo, allow_pickle=trusted, use_safetensors=kwargs.get("use_safetensors"), **hub_options(kwargs))
+    if trusted and not files[0].endswith(".safetensors"):
+        return load_weight_files(files, allow_pickle=True)
+    return None
+
+
+# Where the card's model-index files a metric, by its name. The Hub's task list has no image-text
+# retrieval task, so recall@K goes under the task id of its direction ("text-to-image": text
+# queries ranking images, as CLIP_benchmark's image_retrieval_recall@K) with a task name saying
+# it is retrieval; zero-shot accuracy goes under zero-shot-image-classification, a trained
+# classifier's accuracy under image-classification. Chance level is a reference, not a score.
+_RETRIEVAL = re.compile(r"(?:^|_)(image_to_text|text_to_image)_(?:r|recall)@(\d+)(?=_|$)")
+_CLIP_BENCHMARK_RETRIEVAL = re.compile(r"(?:^|_)(image|text)_retrieval_recall@(\d+)(?=_|$)")
+_TOP_K = re.compile(r"(?:^|_)(?:top|acc)(\d+)(?=_|$)")
+_MEAN_PER_CLASS = re.compile(r"(?:^|_)mean_per_class_recall(?=_|$)")
+_ACCURACY = re.compile(r"(?:^|_)accuracy(?=_|$)")
+_CHANCE = re.compile(r"(?:^|_)chance(?=_|$)")
+_ZERO_SHOT = re.compile(r"(?:^|_)zero_shot(?=_|$)")
+# Bookkeeping of an evaluation run, never shown as a result.
+_BOOKKEEPING = re.compile(r"(?:^|_)(?:runtime|samples_per_second|steps_per_second|num_\w+|skipped|epoch)$")
+_DIRECTIONS = {"image_to_text": "image-to-text", "text_to_image": "text-to-image"}
+_TASK_NAMES = {
+    "image-to-text": "Image-to-Text Retrieval",
+    "text-to-image": "Text-to-Image Retrieval",
+    "zero-shot-image-classification": "Zero-Shot Image Classification",
+    "image-classification": "Image Classification",
+}
+
+
+def classify_metric(name: str) -> dict[str, Any] | None:
+    """How the model card reports the metric called ``name``; None for run bookkeeping.
+
+    Returns ``{"kind", "task_type", "metric_type", "metric_name", "qualifier"}``: ``kind`` is
+    ``"score"`` (a model-index result), ``"chance"`` (a reference level, table only) or ``"other"``
+    (e.g. a loss, table only); ``qualifier`` is what the name holds besides the metric (an eval
+    set or subset, e.g. ``"unseen_combinations"`` in ``zero_shot_top1_unseen_combinations``).
+    """
+    key = name.lower()
+    if _BOOKKEEPING.search(key):
+        return None
+    found = None
+    if match := _RETRIEVAL.search(key):
+        task, k = _DIRECTIONS[match.group(1)], int(match.group(2))
+        found = ("score", task, f"recall@{k}", f"{task} recall@{k}", match)
+    elif match := _CLIP_BENCHMARK_RETRIEVAL.search(key):
+        # CLIP_benchmark names the retrieved side: image retrieval = text queries, image results.
+        task, k = ("text-to-image" if match.group(1) == "image" else "image-to-text"), int(match.group(2))
+        found = ("score", task, f"recall@{k}", f"{task} recall@{k}", match)
+    elif match := _CHANCE.search(key):
+        found = ("chance", "zero-shot-image-classification", "chance", "chance level (reference, not a score)", match)
+    elif match := _MEAN_PER_CLASS.search(key):
+        found = ("score", "zero-shot-image-classification", "mean_per_class_recall", "mean per-class recall", match)
+    elif match := _TOP_K.search(key):
+        k = int(match.group(1))
+        found = ("score", "zero-shot-image-classification", "accuracy" if k == 1 else f"top_{k}_accuracy",
+                 f"zero-shot top-{k} accuracy", match)
+    elif match := _ACCURACY.search(key):
+        zero_shot = bool(_ZERO_SHOT.search(key))
+        task = "zero-shot-image-classification" if zero_shot else "image-classification"
+        found = ("score", task, "accuracy", "zero-shot accuracy" if zero_shot else "accuracy", match)
+    if found is None:
+        return dict(kind="other", task_type=None, metric_type=key, metric_name=name, qualifier="")
+    kind, task, metric_type, metric_name, match = found
+    rest = key[: match.start()] + "_" + key[match.end():]
+    qualifier = "_".join(part for part in _ZERO_SHOT.sub("_", rest).split("_") if part)
+    return dict(kind=kind, task_type=task, metric_type=metric_type, metric_name=metric_name, qualifier=qualifier)
+
+
+def _card_rows(metrics: dict[str, dict[str, float]] | None) -> list[dict[str, Any]]:
+    """One row per reportable metric: finite numbers that are not bookkeeping."""
+    rows = []
+    for dataset, values in (metrics or {}).items():
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            info = classify_metric(name)
+            if info is not None:
+                rows.append(dict(info, dataset=dataset, name=name, value=float(value)))
+    return rows
+
+
 def build_model_card(
     config,
     repo_id: str | None = None,
@@ -150,22 +252,28 @@ def build_model_card(
     """A model card for an align_hf model.
 
     ``metrics``: ``{dataset name: {metric name: value}}``, e.g.
-    ``{"synthetic-heldout": {"zero_shot_top1": 0.83}}``; written to the card's model-index.
+    ``{"synthetic-heldout": {"zero_shot_top1": 0.83, "text_to_image_R@1": 0.4, "zero_shot_chance": 0.1}}``.
+    Scores go to the card's model-index under their task (see :func:`classify_metric`); chance
+    levels and losses only to the Markdown table; run bookkeeping (runtime, counts) nowhere.
     """
     vision, text = config.vision_config, config.text_config
     all_tags = ["align", "align_hf", "custom_code", "dual-encoder", "image-text-retrieval"]
     all_tags += [t for t in (tags or []) if t not in all_tags]
     name = (repo_id or "align_hf-model").split("/")[-1]
+    rows = _card_rows(metrics)
     eval_results = [
         EvalResult(
-            task_type="zero-shot-image-classification",
-            dataset_type=dataset,
-            dataset_name=dataset,
-            metric_type=metric,
-            metric_value=float(value),
+            task_type=row["task_type"],
+            task_name=_TASK_NAMES[row["task_type"]],
+            dataset_type=row["dataset"],
+            dataset_name=f"{row['dataset']} ({row['qualifier']})" if row["qualifier"] else row["dataset"],
+            dataset_config=row["qualifier"] or None,
+            metric_type=row["metric_type"],
+            metric_name=row["metric_name"],
+            metric_value=row["value"],
         )
-        for dataset, values in (metrics or {}).items()
-        for metric, value in values.items()
+        for row in rows
+        if row["kind"] == "score"
     ]
     data = ModelCardData(
         library_name="transformers",
@@ -176,15 +284,19 @@ def build_model_card(
         eval_results=eval_results or None,
     )
     metric_rows = "\n".join(
-        f"| {dataset} | {metric} | {value:.4f} |" for dataset, values in (metrics or {}).items() for metric, value in values.items()
+        f"| {row['dataset']} | {row['name']} | {row['metric_name']}"
+        f"{' (' + row['qualifier'] + ')' if row['qualifier'] else ''} | {row['value']:.4f} |"
+        for row in rows
     )
+    scale = {k: v for k, v in vision.timm_kwargs.items() if k in ("channel_multiplier", "depth_multiplier")}
+    scaling = " scaled by " + ", ".join(f"{k}={v}" for k, v in scale.items()) if scale else ""
     content = f"""---
 {data.to_yaml()}
 ---
 
 # {name}
 
-An [ALIGN](https://arxiv.org/abs/2102.05918) dual encoder (image tower `{vision.model_name}` at
+An [ALIGN](https://arxiv.org/abs/2102.05918) dual encoder (image tower `{vision.model_name}`{scaling} at
 {vision.image_size} px, text tower {text.text_model_type} with {text.num_hidden_layers} layers of width
 {text.hidden_size}, {config.projection_dim}-d embeddings) saved by `align_hf`.
 
@@ -198,8 +310,8 @@ With `align_hf` installed, `align_hf.AlignModel.from_pretrained("{repo_id or nam
 """ + (f"""
 ## Evaluation
 
-| dataset | metric | value |
-|---|---|---|
+| dataset | metric | meaning | value |
+|---|---|---|---|
 {metric_rows}
 """ if metric_rows else "")
     return ModelCard(content)

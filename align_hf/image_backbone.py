@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import timm
 import torch
 import torch.nn.functional as F
@@ -66,6 +68,40 @@ def _apply_keras_padding(backbone: nn.Module, symmetric_blocks: set[int]) -> Non
             flat_index += 1
 
 
+# timm's B0 entry points fix the width/depth scaling; these timm_kwargs rescale them to any
+# (width, depth), transformers' width_coefficient/depth_coefficient (see _create_timm_model).
+SCALE_KWARGS = ("channel_multiplier", "depth_multiplier")
+_SCALABLE = re.compile(r"(tf_)?efficientnet_b0")
+
+
+def _create_timm_model(model_name: str, **kwargs) -> nn.Module:
+    """``timm.create_model(model_name, **kwargs)``, plus EfficientNet-B0 scaled by the
+    ``channel_multiplier``/``depth_multiplier`` kwargs.
+
+    timm's ``tf_efficientnet_b0`` entry point passes its own multipliers (1.0, 1.0) to timm's
+    EfficientNet generator, so they cannot come through ``create_model``; the generator the named
+    variants B0-B8/L2 call is called directly instead, with the entry point's TF defaults, so
+    ``channel_multiplier=2.0, depth_multiplier=3.1`` builds exactly ``tf_efficientnet_b7``.
+    """
+    scale = {key: float(kwargs.pop(key)) for key in SCALE_KWARGS if key in kwargs}
+    if not scale:
+        return timm.create_model(model_name, pretrained=False, **kwargs)
+    if not _SCALABLE.fullmatch(model_name):
+        raise ValueError(
+            f"timm_kwargs {sorted(scale)} scale EfficientNet-B0 only (model_name 'tf_efficientnet_b0' or "
+            f"'efficientnet_b0'), got {model_name!r}"
+        )
+    from timm.models import efficientnet
+
+    generator = getattr(efficientnet, "_gen_efficientnet", None)
+    if generator is None:  # pragma: no cover - guards a timm refactor
+        raise ValueError(f"this timm ({timm.__version__}) has no EfficientNet generator for scaled B0 towers")
+    if model_name.startswith("tf_"):
+        kwargs.setdefault("bn_eps", efficientnet.BN_EPS_TF_DEFAULT)
+        kwargs.setdefault("pad_type", "same")
+    return generator(model_name, pretrained=False, **scale, **kwargs)
+
+
 def build_image_backbone(config: AlignVisionConfig) -> tuple[nn.Module, int]:
     """Create the timm backbone for ``config``; returns it with its pooled feature width."""
     timm_pad = {"keras": "", "same": "same", "symmetric": ""}[config.padding]
@@ -73,21 +109,13 @@ def build_image_backbone(config: AlignVisionConfig) -> tuple[nn.Module, int]:
     kwargs.setdefault("pad_type", timm_pad)
     if config.drop_path_rate:
         kwargs.setdefault("drop_path_rate", config.drop_path_rate)
+    kwargs.update(num_classes=0, global_pool="", in_chans=config.num_channels)
     try:
-        backbone = timm.create_model(
-            config.model_name,
-            pretrained=False,
-            num_classes=0,
-            global_pool="",
-            in_chans=config.num_channels,
-            **kwargs,
-        )
+        backbone = _create_timm_model(config.model_name, **kwargs)
     except TypeError:
         # Not every timm family takes pad_type; only "keras" mode needs our own padding anyway.
         kwargs.pop("pad_type", None)
-        backbone = timm.create_model(
-            config.model_name, pretrained=False, num_classes=0, global_pool="", in_chans=config.num_channels, **kwargs
-        )
+        backbone = _create_timm_model(config.model_name, **kwargs)
     if config.padding == "keras":
         if not hasattr(backbone, "blocks"):
             raise ValueError(f"padding='keras' needs an EfficientNet-style timm model, got {config.model_name!r}")

@@ -38,7 +38,9 @@ def load_model_and_processor(
         device: torch device; default: :func:`default_device`.
         dtype: one of :data:`DTYPES`.
         processor: where the processor lives, when not beside the weights.
-        allow_pickle: also read ``pytorch_model.bin`` weights.
+        allow_pickle: trust ``pytorch_model.bin`` weights to be fully unpickled. Without it they
+            load with ``torch.load(weights_only=True)`` as in transformers (plain state dicts
+            load; pickles that would run code are refused); safetensors are preferred.
         train: leave the model in train mode (fine-tuning); else eval mode.
 
     Raises:

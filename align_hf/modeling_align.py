@@ -74,6 +74,12 @@ class AlignPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     input_modalities = ("image", "text")
+    # Kept whole on one device by device_map="auto": residual blocks add their input to their
+    # output, and the head's parameters are read outside its forward (logits, temperature).
+    # BERT's own layers come from its _no_split_modules.
+    _no_split_modules = [
+        "InvertedResidual", "DepthwiseSeparableConv", "EdgeResidual", "CondConvResidual", "ConvBnAct", "AlignContrastiveHead"
+    ]
 
     def _init_weights(self, module: nn.Module) -> None:
         std = getattr(self.config, "initializer_range", 0.02)
@@ -258,6 +264,9 @@ class AlignModel(AlignPreTrainedModel):
     config_class = AlignConfig
     config: AlignConfig
     main_input_name = "input_ids"
+    # The loss is a mean over one micro-batch's pairs, never normalised by a token count, so the
+    # stock Trainer must not pass num_items_in_batch (it divides by the accumulation steps instead).
+    accepts_loss_kwargs = False
 
     def __init__(self, config: AlignConfig):
         super().__init__(config)
@@ -300,8 +309,10 @@ class AlignModel(AlignPreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, allow_pickle: bool = False, **kwargs):
         """Load an align_hf checkpoint, or a transformers-format ALIGN one (``model_type="align"``,
-        e.g. ``kakaobrain/align-base``) converted on the fly. Only safetensors weights are read
-        unless ``allow_pickle=True``."""
+        e.g. ``kakaobrain/align-base``) converted on the fly. Safetensors are preferred; a
+        ``pytorch_model.bin`` is read with ``torch.load(weights_only=True)`` as in transformers, and
+        ``allow_pickle=True`` trusts it fully. ``device_map``/``max_memory``/``offload_folder`` place
+        either kind as transformers does."""
         from .hub import hub_options, read_config_dict
 
         options = hub_options(kwargs)
@@ -311,18 +322,20 @@ class AlignModel(AlignPreTrainedModel):
             # never holds this format, and loading it is an align_hf feature.
             try:
                 from align_hf.conversion.hf_format import load_transformers_format
+                from align_hf.conversion.placement import PLACEMENT_OPTIONS, dispatch_loaded
             except ImportError as exc:
                 raise ImportError(
                     "Loading a transformers-format ALIGN checkpoint (model_type 'align') needs the align_hf package"
                 ) from exc
-            return load_transformers_format(cls, pretrained_model_name_or_path, config_dict, allow_pickle, **kwargs)
-        if not allow_pickle:
-            if kwargs.get("use_safetensors") is False:
-                raise ValueError("use_safetensors=False needs allow_pickle=True")
-            kwargs["use_safetensors"] = True
-            from .hub import weight_files
+            placement = {k: kwargs.pop(k) for k in PLACEMENT_OPTIONS if k in kwargs}
+            model = load_transformers_format(cls, pretrained_model_name_or_path, config_dict, allow_pickle, **kwargs)
+            return dispatch_loaded(model, **placement)
+        from .hub import prepare_weights
 
-            weight_files(pretrained_model_name_or_path, allow_pickle=False, **options)
+        state = prepare_weights(pretrained_model_name_or_path, allow_pickle, kwargs)
+        if state is not None:  # a trusted pickle, unpickled by prepare_weights
+            config = kwargs.pop("config", None) or cls.config_class.from_pretrained(pretrained_model_name_or_path, **options)
+            return super().from_pretrained(None, *model_args, config=config, state_dict=state, **kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -459,6 +472,8 @@ class AlignModel(AlignPreTrainedModel):
         With ``return_loss=True`` (needs ``I == T``, pairs on the diagonal) the contrastive loss of
         the configured head is returned, over the global batch when running distributed. The loss
         never materialises the logits; pass ``return_logits=False`` to skip them too (large batches).
+        As in transformers' CLIP/ALIGN no loss is computed unless asked: for the stock ``Trainer``,
+        batches from ``ImageTextCollator(..., return_loss=True)`` ask for it.
         """
         vision_outputs = self.get_image_features(pixel_values=pixel_values, output_hidden_states=output_hidden_states)
         text_outputs = self.get_text_features(
@@ -474,9 +489,18 @@ class AlignModel(AlignPreTrainedModel):
         text_embeds = l2_normalize(text_outputs.pooler_output)
         head = self.contrastive_head
         logits_per_image = logits_per_text = None
+        # Under device_map (accelerate) an offloaded head holds its weights only during its forward,
+        # so its hook loads them around these reads; the towers may sit on other devices.
+        hook = getattr(head, "_hf_hook", None)
+        if hook is not None:
+            hook.pre_forward(head)
+        device = head.temperature.device
+        temperature = head.get_temperature().detach()
         if return_logits:
-            logits_per_image = head.logits(image_embeds, text_embeds)
+            logits_per_image = head.logits(image_embeds.to(device), text_embeds.to(device))
             logits_per_text = logits_per_image.t()
+        if hook is not None:
+            hook.post_forward(head, None)
 
         loss = i2t_acc = t2i_acc = None
         if return_loss:
@@ -495,7 +519,7 @@ class AlignModel(AlignPreTrainedModel):
             image_embeds=image_embeds,
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
-            temperature=head.get_temperature().detach(),
+            temperature=temperature,
             image_to_text_accuracy=i2t_acc,
             text_to_image_accuracy=t2i_acc,
         )

@@ -77,6 +77,21 @@ class AlignImageProcessor(EfficientNetImageProcessor):
             raise ValueError("No images given")
         return super().preprocess(converted, *args, **kwargs)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The saved settings, without the ``AutoProcessor`` entry of ``auto_map``.
+
+        ``ProcessorMixin.save_pretrained`` writes that entry into each part's config (and it is read
+        back with them). In an image processor saved alone, next to no tokenizer, it would send
+        ``AutoProcessor`` to an :class:`AlignProcessor` that cannot load there, instead of to this
+        image processor; a processor's own ``AutoProcessor`` entry sits at the top of
+        ``processor_config.json`` and stays.
+        """
+        output = super().to_dict()
+        auto_map = {key: value for key, value in (output.pop("auto_map", None) or {}).items() if key != "AutoProcessor"}
+        if auto_map:
+            output["auto_map"] = auto_map
+        return output
+
     @classmethod
     def for_image_size(cls, image_size: int, crop: bool = True, resize: int | None = None) -> "AlignImageProcessor":
         """ALIGN's preprocessing for a model of ``image_size`` px.

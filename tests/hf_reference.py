@@ -7,6 +7,7 @@ import math
 import torch
 import transformers
 from torch import nn
+from transformers.models.align.modeling_align import round_filters
 
 # EfficientNet-B0 widths and depths with a 2-layer BERT: small, but every block type is present.
 HF_VISION = dict(width_coefficient=1.0, depth_coefficient=1.0, hidden_dim=1280, image_size=64)
@@ -25,11 +26,15 @@ def healthy_hf_align(seed: int = 0, **vision_overrides) -> transformers.AlignMod
 
     transformers' own init (normal std 0.02 on convs) makes the image embedding vanish; here
     convs get variance-preserving weights and BatchNorms random affine parameters and running
-    statistics, so any mismatch in the image tower shows up in the outputs.
+    statistics, so any mismatch in the image tower shows up in the outputs. The projection
+    size is the width of the last block (ALIGN has no image projection), as transformers'
+    own ``round_filters`` computes it for the vision config's ``width_coefficient``.
     """
     torch.manual_seed(seed)
+    vision_config = transformers.AlignVisionConfig(**{**HF_VISION, **vision_overrides})
+    image_width = round_filters(vision_config, vision_config.out_channels[-1])
     config = transformers.AlignConfig(
-        text_config=HF_TEXT, vision_config={**HF_VISION, **vision_overrides}, projection_dim=320
+        text_config=HF_TEXT, vision_config=vision_config.to_dict(), projection_dim=image_width
     )
     model = transformers.AlignModel(config).eval()
     generator = torch.Generator().manual_seed(seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -75,3 +76,53 @@ def test_refusals(tmp_path, capsys):
     assert convert_align_hf_to_hf.main(["--model", str(tmp_path / "tiny"), "--output-dir", str(tmp_path / "y")]) == 1
     assert "transformers" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize("width, depth", [(0.5, 0.5), (1.0, 1.0), (0.7, 1.3)])
+def test_any_efficientnet_coefficients_match_transformers(width, depth, tmp_path):
+    """transformers builds EfficientNet at any width/depth; so do we, with the same image embeddings
+    at odd and even sizes, and the same model again after converting back to its format."""
+    hf = healthy_hf_align(seed=7, width_coefficient=width, depth_coefficient=depth)
+    hf.save_pretrained(tmp_path / "hf")
+    ours = AlignModel.from_pretrained(tmp_path / "hf").eval()
+    vision = ours.config.vision_config
+    assert vision.model_name == "tf_efficientnet_b0"
+    assert vision.timm_kwargs == ({} if (width, depth) == (1.0, 1.0) else {"channel_multiplier": width, "depth_multiplier": depth})
+    blocks_per_stage = [len(stage) for stage in ours.vision_model.backbone.blocks]
+    assert blocks_per_stage == [math.ceil(depth * n) for n in hf.config.vision_config.num_block_repeats]
+
+    ours_dir, back_dir = tmp_path / "ours", tmp_path / "back"
+    ours.save_pretrained(ours_dir)
+    assert convert_align_hf_to_hf.main(["--model", str(ours_dir), "--output-dir", str(back_dir)]) == 0
+    back = transformers.AlignModel.from_pretrained(back_dir).eval()
+    assert (back.config.vision_config.width_coefficient, back.config.vision_config.depth_coefficient) == (width, depth)
+    reloaded = AlignModel.from_pretrained(ours_dir).eval()
+    for size in (33, 32):
+        pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+        with torch.no_grad():
+            want = hf.get_image_features(pixel_values=pixels).pooler_output
+            assert (want[0] - want[1]).abs().max() > 1e-3  # two images, two embeddings: the check can fail
+            for got in (
+                ours.encode_image(pixels, normalize=False),
+                reloaded.encode_image(pixels, normalize=False),
+                back.get_image_features(pixel_values=pixels).pooler_output,
+            ):
+                assert got.shape == want.shape
+                assert (got - want).abs().max().item() <= 1e-5
+
+
+def test_scaled_b0_is_the_named_variant_when_coefficients_match():
+    """timm's B0 rescaled to B2's coefficients builds exactly tf_efficientnet_b2 (same tensors, same
+    modules): the rescaling path is timm's own generator, not a look-alike."""
+    from align_hf.configuration_align import AlignVisionConfig
+    from align_hf.image_backbone import build_image_backbone
+
+    named, named_width = build_image_backbone(AlignVisionConfig(model_name="tf_efficientnet_b2", image_size=64))
+    scaled, scaled_width = build_image_backbone(AlignVisionConfig(
+        model_name="tf_efficientnet_b0", image_size=64, timm_kwargs={"channel_multiplier": 1.1, "depth_multiplier": 1.2},
+    ))
+    assert named_width == scaled_width == 352
+    assert str(named) == str(scaled)
+    assert {k: v.shape for k, v in named.state_dict().items()} == {k: v.shape for k, v in scaled.state_dict().items()}
+    with pytest.raises(ValueError, match="scale EfficientNet-B0 only"):
+        build_image_backbone(AlignVisionConfig(model_name="tf_efficientnet_b3", timm_kwargs={"depth_multiplier": 2.0}))

@@ -42,12 +42,13 @@ def test_saved_folder_is_hub_ready(saved):
     assert config["auto_map"]["AutoModelForZeroShotImageClassification"] == "modeling_align.AlignModel"
 
 
-def test_saved_folder_carries_only_the_model_code(saved):
+def test_saved_folder_carries_only_the_model_code(saved, tmp_path):
     # save_pretrained copies modeling_align.py and, recursively, every module it imports
     # relatively: this is what a remote-code load of the model needs, and nothing more.
-    _, _, folder = saved
-    code = {name for name in os.listdir(folder) if name.endswith(".py")}
-    assert code == {
+    model, _, folder = saved
+    model.save_pretrained(tmp_path)
+    model_code = {name for name in os.listdir(tmp_path) if name.endswith(".py")}
+    assert model_code == {
         "configuration_align.py",
         "modeling_align.py",
         "image_backbone.py",
@@ -56,6 +57,10 @@ def test_saved_folder_carries_only_the_model_code(saved):
         "hub.py",  # from_pretrained reads configs and weight lists through it
         "batchnorm_folding.py",  # for_inference()
     }
+    # The processor adds its own module and the image loader it imports (AutoProcessor and the
+    # pipeline load them as remote code; tests/test_remote_code.py).
+    code = {name for name in os.listdir(folder) if name.endswith(".py")}
+    assert code == model_code | {"processing_align.py", "image_io.py"}
 
 
 def test_auto_classes_resolve_to_align_hf(saved):
@@ -170,27 +175,31 @@ def test_transformers_format_repo_loads_by_id_from_hub_cache(tmp_path):
     torch.testing.assert_close(a.logits_per_image, b.logits_per_image, atol=1e-5, rtol=1e-5)
 
 
-def test_pickle_checkpoints_are_refused_unless_allowed(saved, tmp_path):
+def test_plain_pickle_checkpoints_load_as_in_transformers(saved, tmp_path):
+    # A pytorch_model.bin holding a plain state dict loads through torch.load(weights_only=True),
+    # without allow_pickle (code-executing pickles are refused: tests/test_weights.py).
     model, _, _ = saved
     model.save_pretrained(tmp_path)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     (tmp_path / "model.safetensors").unlink()
     torch.save(state, tmp_path / "pytorch_model.bin")
-    with pytest.raises(ValueError, match="allow_pickle=True"):
-        AlignModel.from_pretrained(tmp_path)
-    loaded = AlignModel.from_pretrained(tmp_path, allow_pickle=True)
-    torch.testing.assert_close(loaded.temperature, model.temperature)
+    for loaded in (AlignModel.from_pretrained(tmp_path), AlignModel.from_pretrained(tmp_path, allow_pickle=True)):
+        for key, value in state.items():
+            torch.testing.assert_close(loaded.state_dict()[key], value, atol=0, rtol=0)
 
     hf_folder = tmp_path / "hf"
-    healthy_hf_align(seed=1).save_pretrained(hf_folder, safe_serialization=True)
+    reference = healthy_hf_align(seed=1)
+    reference.save_pretrained(hf_folder)
     from safetensors.torch import load_file
 
     hf_state = load_file(hf_folder / "model.safetensors")
     (hf_folder / "model.safetensors").unlink()
     torch.save(hf_state, hf_folder / "pytorch_model.bin")
-    with pytest.raises(ValueError, match="pickle"):
-        AlignModel.from_pretrained(hf_folder)
-    assert isinstance(AlignModel.from_pretrained(hf_folder, allow_pickle=True), AlignModel)
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = reference.get_image_features(pixel_values=pixels).pooler_output
+        got = AlignModel.from_pretrained(hf_folder).encode_image(pixels, normalize=False)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
 class FakeHfApi:
@@ -242,3 +251,68 @@ def test_push_to_hub_commits_a_loadable_repo_with_model_card(saved, tmp_path, mo
     inputs = loaded_processor(text=["a red circle"], images=Image.new("RGB", (64, 64)))
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits_per_image, model(**inputs).logits_per_image)
+
+
+def _front_matter(card_text: str) -> dict:
+    import yaml
+
+    _, front, _ = card_text.split("---\n", 2)
+    return yaml.safe_load(front)
+
+
+def test_model_card_files_each_metric_under_its_task(saved):
+    model, _, _ = saved
+    metrics = {
+        "synthetic-heldout": {  # the quickstart's names
+            "zero_shot_top1": 0.61, "zero_shot_chance": 0.125, "zero_shot_top1_unseen_combinations": 0.4,
+            "text_to_image_recall@1": 0.3, "image_to_text_recall@5": 0.7, "missing": float("nan"),
+        },
+        "eval": {  # AlignTrainer's names: <eval set>_<metric>, with bookkeeping around them
+            "coco_image_to_text_R@1": 0.2, "coco_text_to_image_R@10": 0.9, "flowers_top5": 0.8,
+            "flowers_chance": 0.01, "flowers_num_samples": 50, "runtime": 3.2, "samples_per_second": 10.0, "loss": 1.5,
+        },
+        "cifar10": {  # CLIP_benchmark's names
+            "acc1": 0.5, "mean_per_class_recall": 0.45, "image_retrieval_recall@5": 0.66, "text_retrieval_recall@5": 0.77,
+        },
+        "finetuned": {"accuracy": 0.93},  # a trained classifier head, not zero-shot
+    }
+    card = align_hf.hub.build_model_card(model.config, "me/align-tiny", metrics=metrics)
+    (entry,) = _front_matter(card.content)["model-index"]
+    found = {}
+    for result in entry["results"]:
+        for metric in result["metrics"]:
+            key = (result["task"]["type"], result["dataset"]["type"], result["dataset"].get("config"), metric["type"])
+            assert key not in found
+            found[key] = metric["value"]
+    zero_shot = "zero-shot-image-classification"
+    assert found == {
+        (zero_shot, "synthetic-heldout", None, "accuracy"): 0.61,
+        (zero_shot, "synthetic-heldout", "unseen_combinations", "accuracy"): 0.4,
+        ("text-to-image", "synthetic-heldout", None, "recall@1"): 0.3,
+        ("image-to-text", "synthetic-heldout", None, "recall@5"): 0.7,
+        ("image-to-text", "eval", "coco", "recall@1"): 0.2,
+        ("text-to-image", "eval", "coco", "recall@10"): 0.9,
+        (zero_shot, "eval", "flowers", "top_5_accuracy"): 0.8,
+        (zero_shot, "cifar10", None, "accuracy"): 0.5,
+        (zero_shot, "cifar10", None, "mean_per_class_recall"): 0.45,
+        # CLIP_benchmark's image retrieval ranks images for a text query: text-to-image
+        ("text-to-image", "cifar10", None, "recall@5"): 0.66,
+        ("image-to-text", "cifar10", None, "recall@5"): 0.77,
+        ("image-classification", "finetuned", None, "accuracy"): 0.93,
+    }
+    retrieval_names = {r["task"]["name"] for r in entry["results"] if r["task"]["type"] in ("image-to-text", "text-to-image")}
+    assert retrieval_names == {"Image-to-Text Retrieval", "Text-to-Image Retrieval"}
+    # chance level is shown for reference in the table, never as a score; bookkeeping nowhere
+    assert "chance" not in json.dumps(entry)
+    body = card.content.split("---\n", 2)[2]
+    assert "| synthetic-heldout | zero_shot_chance | chance level (reference, not a score) | 0.1250 |" in body
+    assert "| synthetic-heldout | zero_shot_top1_unseen_combinations | zero-shot top-1 accuracy (unseen_combinations) | 0.4000 |" in body
+    assert "runtime" not in body and "samples_per_second" not in body and "num_samples" not in body
+    assert "| eval | loss | loss | 1.5000 |" in body and "missing" not in body
+    # huggingface_hub parses the card back into the same results
+    parsed = ModelCard(card.content).data.eval_results
+    assert sorted((r.task_type, r.dataset_type, r.metric_type, r.metric_value) for r in parsed) == sorted(
+        (task, dataset, metric, value)
+        for r in entry["results"] for m in r["metrics"]
+        for task, dataset, metric, value in [(r["task"]["type"], r["dataset"]["type"], m["type"], m["value"])]
+    )

@@ -25,6 +25,7 @@ COMMAND_MODULES: list[str] = [
     "align_hf.cli.demo",
     "align_hf.cli.train",
     "align_hf.cli.convert",
+    "align_hf.cli.export",
 ]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -2,8 +2,10 @@
 (width, depth) scaling and the channel rounding.
 
 Shared by the TensorFlow converters (which infer the variant from a checkpoint's blocks) and the
-transformers-format translation (whose config spells the stages out). Only these scalings of
-B0 are towers timm's ``tf_efficientnet_*`` models can build.
+transformers-format translation (whose config spells the stages out). The named variants are
+timm's ``tf_efficientnet_<variant>`` models; any other (width, depth) is ``tf_efficientnet_b0``
+rescaled through ``timm_kwargs`` (``channel_multiplier``, ``depth_multiplier``), which
+``align_hf.image_backbone`` builds with the same rounding as :func:`variant_blocks`.
 """
 
 from __future__ import annotations

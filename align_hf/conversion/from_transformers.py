@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = conversion_parser(__name__, __doc__, prog)
     parser.add_argument("--model", required=True, help="folder or Hub id of a transformers ALIGN checkpoint")
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--allow-pickle", action="store_true", help="also read pytorch_model.bin (trusted sources only)")
+    parser.add_argument("--allow-pickle", action="store_true", help="fully unpickle pytorch_model.bin (trusted sources only; plain state dicts load without it)")
     parser.add_argument("--push-to-hub", metavar="REPO")
     args = parser.parse_args(argv)
 

@@ -17,7 +17,8 @@ import torch
 
 from align_hf.configuration_align import ENCODER_FIELDS, AlignConfig
 from align_hf.conversion.efficientnet_family import B0_STAGES, EFFICIENTNET_SCALES, round_filters, variant_blocks
-from align_hf.hub import hub_options, load_weight_file, resolve_file, weight_files
+from align_hf.hub import hub_options, load_weight_files, resolve_file, weight_files
+from align_hf.image_backbone import SCALE_KWARGS
 
 
 def _transformers_stages() -> dict[str, list[int]]:
@@ -32,14 +33,37 @@ def _transformers_stages() -> dict[str, list[int]]:
     )
 
 
-def _efficientnet_variant(width: float, depth: float) -> str:
+def _efficientnet_variant(width: float, depth: float) -> str | None:
+    """The named variant (``"b0"``..``"l2"``) scaled by ``(width, depth)``, or None."""
     for name, (w, d) in EFFICIENTNET_SCALES.items():
         if math.isclose(w, width) and math.isclose(d, depth):
             return name
-    raise ValueError(
-        f"No EfficientNet variant has width_coefficient={width} and depth_coefficient={depth}; "
-        f"known: {EFFICIENTNET_SCALES}"
-    )
+    return None
+
+
+def efficientnet_scale(vision) -> tuple[float, float]:
+    """``(width, depth)`` coefficients of an align_hf EfficientNet tower: a named
+    ``tf_efficientnet_<variant>``, or ``tf_efficientnet_b0`` rescaled through ``timm_kwargs``."""
+    scale = {k: vision.timm_kwargs[k] for k in SCALE_KWARGS if k in vision.timm_kwargs}
+    if scale:
+        if vision.model_name != "tf_efficientnet_b0":
+            raise ValueError(f"timm_kwargs {sorted(scale)} rescale tf_efficientnet_b0 only, got {vision.model_name!r}")
+        return float(scale.get("channel_multiplier", 1.0)), float(scale.get("depth_multiplier", 1.0))
+    match = re.fullmatch(r"tf_efficientnet_(b\d|l2)", vision.model_name)
+    if not match:
+        raise ValueError(f"{vision.model_name!r} is not a tf_efficientnet_b0..b8/l2 tower")
+    return EFFICIENTNET_SCALES[match.group(1)]
+
+
+def _vision_tower(width: float, depth: float) -> dict[str, Any]:
+    """``model_name``/``timm_kwargs`` of the timm EfficientNet with these coefficients: the named
+    variant when one has them (so existing configs keep their names), else a rescaled B0."""
+    if width <= 0 or depth <= 0:
+        raise ValueError(f"width_coefficient and depth_coefficient must be positive, got {width} and {depth}")
+    variant = _efficientnet_variant(width, depth)
+    if variant is not None:
+        return dict(model_name=f"tf_efficientnet_{variant}", timm_kwargs={})
+    return dict(model_name="tf_efficientnet_b0", timm_kwargs=dict(channel_multiplier=width, depth_multiplier=depth))
 
 
 def config_from_hf(hf_config: dict[str, Any], image_size: int = 289) -> AlignConfig:
@@ -55,11 +79,11 @@ def config_from_hf(hf_config: dict[str, Any], image_size: int = 289) -> AlignCon
         raise ValueError("Only EfficientNet's depth_divisor=8 and squeeze_expansion_ratio=0.25 can be converted")
     if vision.get("hidden_act", "swish") not in ("swish", "silu"):
         raise ValueError(f"Unsupported vision activation {vision.get('hidden_act')!r}")
-    variant = _efficientnet_variant(vision.get("width_coefficient", 2.0), vision.get("depth_coefficient", 3.1))
+    tower = _vision_tower(float(vision.get("width_coefficient", 2.0)), float(vision.get("depth_coefficient", 3.1)))
     pooling = {"mean": "avg", "max": "max"}[vision.get("pooling_type", "mean")]
     tf_momentum = vision.get("batch_norm_momentum", 0.99)
     vision_config = dict(
-        model_name=f"tf_efficientnet_{variant}",
+        **tower,
         image_size=image_size,
         num_channels=vision.get("num_channels", 3),
         padding="keras",
@@ -82,16 +106,20 @@ def config_from_hf(hf_config: dict[str, Any], image_size: int = 289) -> AlignCon
 def config_to_hf(config: AlignConfig) -> dict[str, Any]:
     """The transformers ``AlignConfig`` dict for an align_hf config (EfficientNet towers only)."""
     vision = config.vision_config
-    match = re.fullmatch(r"tf_efficientnet_(b\d|l2)", vision.model_name)
-    if not match or vision.padding != "keras" or vision.image_projection_dim or vision.keep_head:
+    try:
+        width, depth = efficientnet_scale(vision)
+    except ValueError as exc:
+        raise ValueError(f"transformers' ALIGN has EfficientNet image towers only: {exc}") from exc
+    extra = sorted(set(vision.timm_kwargs) - set(SCALE_KWARGS))
+    if vision.padding != "keras" or vision.image_projection_dim or vision.keep_head or extra:
         raise ValueError(
-            "Only tf_efficientnet_b0..b8/l2 towers with keras padding, no image projection and no head conv "
-            f"exist in transformers' ALIGN; this model has {vision.model_name!r} (padding={vision.padding!r}, "
-            f"image_projection_dim={vision.image_projection_dim})"
+            "Only EfficientNet towers with keras padding, no image projection, no head conv and no timm_kwargs "
+            f"besides {SCALE_KWARGS} exist in transformers' ALIGN; this model has {vision.model_name!r} "
+            f"(padding={vision.padding!r}, image_projection_dim={vision.image_projection_dim}, "
+            f"keep_head={vision.keep_head}, timm_kwargs={vision.timm_kwargs})"
         )
     if config.text_config.text_model_type != "bert":
         raise ValueError("transformers' ALIGN has a BERT text tower only")
-    width, depth = EFFICIENTNET_SCALES[match.group(1)]
     last_width = round_filters(320, width)
     vision_dict = dict(
         _transformers_stages(),
@@ -122,7 +150,7 @@ def config_to_hf(config: AlignConfig) -> dict[str, Any]:
 
 def _stage_of_flat_blocks(config: AlignConfig) -> list[tuple[int, int, bool]]:
     """(stage, index in stage, has expansion conv) for every block, in transformers' flat order."""
-    width, depth = EFFICIENTNET_SCALES[config.vision_config.model_name.rsplit("_", 1)[-1]]
+    width, depth = efficientnet_scale(config.vision_config)
     return [(block.stage, block.index, block.expanded) for block in variant_blocks(width, depth)]
 
 
@@ -225,8 +253,11 @@ def load_transformers_format(model_class, repo, config_dict: dict[str, Any], all
     """An align_hf ``model_class`` instance (eval mode) from a transformers-format ALIGN folder or
     Hub repo whose ``config.json`` holds ``config_dict``.
 
-    ``kwargs``: the hub options of ``from_pretrained`` (``revision``, ``token``...) and ``dtype``.
-    The image size comes from the repo's processor settings (289 without them).
+    ``kwargs``: the hub options of ``from_pretrained`` (``revision``, ``token``...), ``dtype`` and
+    ``use_safetensors``. The image size comes from the repo's processor settings (289 without them).
+    Weights: safetensors when present, else ``pytorch_model.bin`` (single or sharded) read with
+    ``torch.load(weights_only=True)``; ``allow_pickle=True`` (or transformers' ``weights_only=False``)
+    trusts a pickle to be fully unpickled.
     """
     options = hub_options(kwargs)
     image_size = 289
@@ -240,9 +271,10 @@ def load_transformers_format(model_class, repo, config_dict: dict[str, Any], all
             break
     config = config_from_hf(config_dict, image_size=image_size)
     config.name_or_path = str(repo)
-    hf_state = {}
-    for path in weight_files(repo, allow_pickle=allow_pickle, **options):
-        hf_state.update(load_weight_file(path))
+    # transformers' own switch for full unpickling means the same as ours.
+    allow_pickle = allow_pickle or kwargs.get("weights_only") is False
+    paths = weight_files(repo, allow_pickle=allow_pickle, use_safetensors=kwargs.get("use_safetensors"), **options)
+    hf_state = load_weight_files(paths, allow_pickle=allow_pickle)
     state = state_dict_from_hf(hf_state, config)
     model = model_class(config)
     expected = model.state_dict()

@@ -26,6 +26,8 @@ retrieval ``image_retrieval_recall@K`` (a caption finds its image: our ``text_to
 
 from __future__ import annotations
 
+import builtins
+import itertools
 import logging
 import os
 import sys
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from align_hf.image_io import open_image
@@ -338,8 +341,34 @@ def load_align_hf(
     return wrapped, ClipBenchmarkTransform(processor), ClipBenchmarkTokenizer(processor)
 
 
+def size_one_float(value: Any) -> float:
+    """``float()`` that takes the one element of a size-1 array, as NumPy did before 2.4."""
+    if isinstance(value, np.ndarray) and value.size == 1:
+        return builtins.float(value.reshape(()))
+    return builtins.float(value)
+
+
+def fix_numpy_scalar_conversion() -> bool:
+    """Let CLIP_benchmark's top-k accuracy run under NumPy >= 2.4; True when a fix was needed.
+
+    CLIP_benchmark 1.6.2's ``zeroshot_classification.accuracy`` calls ``float()`` on a ``(1,)``
+    array, which NumPy 2.4 refuses ("only 0-dimensional arrays can be converted"), so every
+    zero-shot classification run fails. :func:`size_one_float` is put in that module's globals,
+    where it shadows the builtin for its code only; the metric code itself is unchanged.
+    """
+    from clip_benchmark.metrics import zeroshot_classification
+
+    try:
+        builtins.float(np.ones(1))
+        return False
+    except TypeError:
+        zeroshot_classification.float = size_one_float
+        return True
+
+
 def register_with_clip_benchmark(name: str = MODEL_TYPE) -> None:
-    """Add :func:`load_align_hf` to CLIP_benchmark's model registry as model type ``name``.
+    """Add :func:`load_align_hf` to CLIP_benchmark's model registry as model type ``name``
+    (and apply :func:`fix_numpy_scalar_conversion`).
 
     The registry dict and the list its command line takes ``--model_type`` choices from are
     both changed in place, so the command line parsed afterwards accepts ``name``.
@@ -349,6 +378,7 @@ def register_with_clip_benchmark(name: str = MODEL_TYPE) -> None:
     models.TYPE2FUNC[name] = load_align_hf
     if name not in models.MODEL_TYPES:
         models.MODEL_TYPES.append(name)
+    fix_numpy_scalar_conversion()
 
 
 def _with_defaults(argv: list[str]) -> list[str]:
@@ -364,8 +394,10 @@ def _with_defaults(argv: list[str]) -> list[str]:
     if "--output" not in given and "--model" in given:
         # CLIP_benchmark puts the model name in the output file name; a path or Hub id holds "/".
         position = next(i for i, arg in enumerate(argv) if arg.split("=", 1)[0] == "--model")
-        models = argv[position].split("=", 1)[1:] or argv[position + 1 : position + 2]
-        if len(models) == 1:
+        models = argv[position].split("=", 1)[1:] or list(
+            itertools.takewhile(lambda arg: not arg.startswith("--"), argv[position + 1 :])
+        )
+        if len(models) == 1:  # several models would share one name: leave CLIP_benchmark's template
             slug = models[0].strip("/").replace("/", "_") or MODEL_TYPE
             extra += ["--output", f"{{dataset}}_{{pretrained}}_{slug}_{{language}}_{{task}}.json"]
     return argv + extra
@@ -395,11 +427,13 @@ __all__ = [
     "ClipBenchmarkTransform",
     "clip_benchmark_metrics",
     "clip_benchmark_result",
+    "fix_numpy_scalar_conversion",
     "is_clip_benchmark_dataset",
     "load_align_hf",
     "main",
     "open_clip_benchmark_dataset",
     "register_with_clip_benchmark",
+    "size_one_float",
     "templates_from_clip_benchmark",
     "templates_to_clip_benchmark",
     "write_clip_benchmark_dataset",

@@ -101,7 +101,7 @@ class ModelArguments:
     config_overrides: str | None = field(
         default=None, metadata={"help": "JSON of AlignConfig.from_preset overrides, e.g. '{\"text_config\": {\"num_hidden_layers\": 1}}'."}
     )
-    allow_pickle: bool = field(default=False, metadata={"help": "Allow loading pickle (.bin) checkpoints."})
+    allow_pickle: bool = field(default=False, metadata={"help": "Fully unpickle pytorch_model.bin (trusted sources only; plain state dicts load without it)."})
 
 
 @dataclass
