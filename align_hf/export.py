@@ -172,6 +172,7 @@ def save_onnx(
     exporter's). ``verify`` runs onnxruntime on fresh inputs and records the largest difference
     to PyTorch in the manifest.
     """
+    require_onnx_packages()
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     image_tower, text_tower = prepare_towers(model, fold_batchnorm)
@@ -208,6 +209,17 @@ def save_onnx(
     if verify:
         manifest["max_abs_diff"] = measure_parity(model, processor, onnx_runner(output))
     return _finish(manifest, processor, output)
+
+
+def require_onnx_packages() -> None:
+    """Raise ImportError naming the ``[export]`` extra when torch.onnx's dependencies are missing."""
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(
+            f"ONNX export needs {', '.join(missing)}: pip install 'align_hf[export]' (onnx, onnxscript, onnxruntime)"
+        )
 
 
 def onnx_runner(output_dir: str | os.PathLike) -> Callable[[str, Mapping[str, np.ndarray]], np.ndarray]:
@@ -369,6 +381,7 @@ __all__ = [
     "onnx_runner",
     "prepare_towers",
     "random_text_batch",
+    "require_onnx_packages",
     "save_onnx",
     "save_torch_export",
     "trace_inputs",

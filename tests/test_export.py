@@ -310,3 +310,15 @@ def test_transformers_format_align_exports_to_onnx_matching_transformers(tmp_pat
                 feeds = random_text_batch(batch, length, HF_TEXT["vocab_size"], generator)
                 expected = unit(reference.get_text_features(**{k: torch.from_numpy(v) for k, v in feeds.items()}))
                 np.testing.assert_allclose(run("text_encoder", feeds), expected, atol=TOLERANCE, rtol=0)
+
+
+def test_missing_onnx_packages_name_the_extra(monkeypatch):
+    import importlib.util
+
+    from align_hf.export import require_onnx_packages
+
+    require_onnx_packages()  # installed here
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    with pytest.raises(ImportError, match=r"onnxscript.*align_hf\[export\]"):
+        require_onnx_packages()
