@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+@pytest.fixture(scope="module")
+def saved_model(tiny, tmp_path_factory):
+    """The requesting module's ``tiny`` (model, processor) fixture saved to a folder, as a Hub repo would hold it."""
+    model, processor = tiny
+    path = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
 # ------------------------------------------------------------------------------------------------
 # Demo (issue 8): a tiny model + a small index served by the Gradio app on 127.0.0.1
 # ------------------------------------------------------------------------------------------------

@@ -75,15 +75,6 @@ def rt_root(tmp_path_factory, rt_samples):
     return root
 
 
-@pytest.fixture(scope="module")
-def saved_model(tiny, tmp_path_factory):
-    model, processor = tiny
-    path = tmp_path_factory.mktemp("tiny-model")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
-
-
 def _cli_eval(command, saved_model, root, tmp_path, name, *extra):
     from align_hf.cli import main
 

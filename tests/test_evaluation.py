@@ -391,15 +391,6 @@ def test_evaluate_metric_modules_match_library_functions():
 
 
 @pytest.fixture(scope="module")
-def saved_model(tiny, tmp_path_factory):
-    model, processor = tiny
-    path = tmp_path_factory.mktemp("tiny-model")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
     from align_hf.data.synthetic import SyntheticConfig
     from align_hf.data.synthetic_files import write_synthetic_corpus

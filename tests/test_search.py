@@ -330,15 +330,6 @@ def test_resume_discards_chunks_of_another_job(tiny, image_folder, tmp_path, mon
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def saved_model(tiny, tmp_path_factory):
-    model, processor = tiny
-    path = tmp_path_factory.mktemp("tiny-model")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
-
-
 def test_cli_index_build_and_search_round_trip(saved_model, tiny, image_folder, tmp_path, capsys):
     from align_hf.cli import main
 
