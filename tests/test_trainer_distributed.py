@@ -1,6 +1,8 @@
 """Two CPU processes (gloo, launched with torchrun) train exactly like one process with the doubled
 batch: the contrastive loss is over the global batch, and DDP's gradient averaging is accounted for.
-Sharded evaluation over two ranks gives the single-process metrics.
+Sharded evaluation over two ranks gives the single-process metrics. The same holds with
+feature-cached accumulation (2 ranks x 2 micro-batches x 2 pairs = one batch of 8) and, with
+BatchNorm in train mode, with ``--sync_batch_norm``; without it the weights differ.
 
 Run as a script, this file is the torchrun worker.
 """
@@ -45,6 +47,44 @@ def _setup(corpus, output_dir, per_device_batch, **kwargs):
                          warmup_steps=0, freeze_batch_norm=True, per_device_eval_batch_size=3, optimizer="hf", optim="sgd",
                          **kwargs)
     return AlignTrainer(model=model, args=args, train_dataset=samples, eval_dataset=sets, processing_class=processor)
+
+
+# name -> (per-device batch, training arguments) of the runs the "scale" worker makes; every run's global
+# batch is 8 pairs per step.
+SCALE_RUNS = {
+    "accum": (2, {"accum_freq": 2}),  # DDP's default find_unused_parameters=True for a PreTrainedModel
+    "accum_static": (2, {"accum_freq": 2, "ddp_find_unused_parameters": False}),
+    "sync_bn": (4, {"sync_batch_norm": True, "freeze_batch_norm": False}),
+    "local_bn": (4, {"freeze_batch_norm": False}),
+}
+
+
+def _scale_setup(corpus, output_dir, per_device_batch, **kwargs):
+    """A trainer without eval sets over the same 24 samples, BatchNorm frozen unless asked, plain SGD."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from test_trainer import fixed_samples, tiny_setup, training_args
+
+    from align_hf.training.trainer import AlignTrainer
+
+    model, processor = tiny_setup(corpus, seed=7)
+    samples = fixed_samples(corpus, processor, PER_DEVICE * WORLD * STEPS)
+    options = dict(max_steps=STEPS, per_device_train_batch_size=per_device_batch, learning_rate=0.5, warmup_steps=0,
+                   freeze_batch_norm=True, optimizer="hf", optim="sgd")
+    options.update(kwargs)
+    return AlignTrainer(model=model, args=training_args(output_dir, **options), train_dataset=samples, processing_class=processor)
+
+
+def scale_worker(corpus: str, output_dir: str) -> None:
+    torch.set_num_threads(1)
+    for name, (per_device, options) in SCALE_RUNS.items():
+        trainer = _scale_setup(corpus, os.path.join(output_dir, name), per_device, ddp_backend="gloo", **options)
+        assert trainer.args.world_size == WORLD
+        trainer.train()
+        if trainer.is_world_process_zero():
+            torch.save(trainer.model.state_dict(), os.path.join(output_dir, f"{name}.pt"))
+            losses = [e["loss"] for e in trainer.state.log_history if "loss" in e and "step" in e]
+            with open(os.path.join(output_dir, f"{name}.json"), "w") as handle:
+                json.dump(losses, handle)
 
 
 def worker(corpus: str, output_dir: str) -> None:
@@ -93,5 +133,53 @@ def test_two_processes_equal_one_process_with_the_doubled_batch(train_corpus, tm
     assert moved > 50  # the comparison is about trained weights, not untouched ones
 
 
+def _launch(corpus, output_dir, *extra: str) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", TOKENIZERS_PARALLELISM="false")
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}", os.path.abspath(__file__), str(corpus), str(output_dir), *extra]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+
+
+@pytest.mark.slow
+def test_feature_cached_accumulation_and_sync_batch_norm_across_two_processes(train_corpus, tmp_path):
+    _launch(train_corpus, tmp_path, "scale")
+    references = {}
+    for frozen in (True, False):  # one process holding the whole global batch of 8
+        single = _scale_setup(train_corpus, tmp_path / f"single_{frozen}", PER_DEVICE * WORLD, freeze_batch_norm=frozen)
+        single.train()
+        losses = [e["loss"] for e in single.state.log_history if "loss" in e and "step" in e]
+        references[frozen] = (single.model.state_dict(), losses)
+    initial = _scale_setup(train_corpus, tmp_path / "initial", PER_DEVICE).model.state_dict()
+
+    def compare(name: str, frozen: bool) -> float:
+        """Largest weight difference of run ``name`` from the single process (losses must match)."""
+        weights = torch.load(tmp_path / f"{name}.pt")
+        with open(tmp_path / f"{name}.json") as handle:
+            losses = json.load(handle)
+        expected, expected_losses = references[frozen]
+        assert set(weights) == set(expected), name  # SyncBatchNorm keeps BatchNorm's state-dict keys
+        if name != "local_bn":
+            assert losses == pytest.approx(expected_losses, rel=1e-4), name
+        return max((weights[k].double() - v.double()).abs().max().item() for k, v in expected.items() if v.is_floating_point())
+
+    for name in ("accum", "accum_static", "sync_bn"):
+        frozen = name != "sync_bn"
+        expected = references[frozen][0]
+        weights = torch.load(tmp_path / f"{name}.pt")
+        compare(name, frozen)
+        for key, value in expected.items():
+            torch.testing.assert_close(weights[key], value, atol=2e-5, rtol=1e-4, msg=f"{name}: {key}")
+        assert sum(not torch.equal(initial[k], v) for k, v in expected.items()) > 50
+    # BatchNorm statistics moved (train mode), identically with SyncBatchNorm.
+    stats = "vision_model.backbone.bn1.running_mean"
+    assert not torch.equal(references[False][0][stats], initial[stats])
+    # Without SyncBatchNorm each rank normalises its 4 pairs with their own statistics: other weights.
+    assert compare("local_bn", False) > 1e-2
+
+
 if __name__ == "__main__":
-    worker(sys.argv[1], sys.argv[2])
+    if sys.argv[3:] == ["scale"]:
+        scale_worker(sys.argv[1], sys.argv[2])
+    else:
+        worker(sys.argv[1], sys.argv[2])

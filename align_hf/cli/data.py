@@ -1,4 +1,5 @@
-"""``align-hf data`` commands: ``synth`` (write the synthetic corpus), ``check`` (scan a dataset), ``count``."""
+"""``align-hf data`` commands: ``synth`` (write the synthetic corpus), ``check`` (scan a dataset), ``count``
+(corpus-wide counts for ALIGN's frequency filter: a parquet store on Ray Data or in one process, or small JSON)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import dataclasses
 import json
 import os
 
-from align_hf.cli.common import add_command_group, add_progress_arg, add_source_args, write_json
+from align_hf.cli.common import (
+    add_command_group,
+    add_progress_arg,
+    add_source_args,
+    write_json,
+)
 
 
 def _filter_from_args(args: argparse.Namespace):
@@ -64,8 +70,9 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     from align_hf.data.check import check_pairs, format_report
+    from align_hf.data.count_store import load_counts
     from align_hf.data.decoding import DecodeLimits
-    from align_hf.data.filtering import AlignFilter, FrequencyCounts, count_frequencies
+    from align_hf.data.filtering import AlignFilter, count_frequencies
     from align_hf.data.sources import load_pairs
 
     def open_pairs():
@@ -74,10 +81,13 @@ def run_check(args: argparse.Namespace) -> int:
     config = _filter_from_args(args)
     align_filter = None
     if config is not None:
+        if args.counts and args.save_counts:
+            raise SystemExit("--save-counts saves the counting pass; with --counts there is none")
         if args.counts:
-            counts = FrequencyCounts.load(args.counts)
+            counts = load_counts(args.counts)
         elif config.needs_counts:
-            counts = count_frequencies(open_pairs(), count_images=config.max_texts_per_image is not None, limit=args.limit, progress=not args.no_progress)
+            counts = count_frequencies(open_pairs(), count_images=config.max_texts_per_image is not None, limit=args.limit,
+                                       progress=not args.no_progress, max_ngram=config.rare_ngrams)
         else:
             counts = None
         if counts is not None and args.save_counts:
@@ -92,14 +102,44 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_count(args: argparse.Namespace) -> int:
+    if args.output.endswith(".json"):
+        return _count_to_json(args)
+    from align_hf.data.counting import count_corpus
+    from align_hf.data.filtering import AlignFilter
+
+    if args.limit is not None:
+        raise SystemExit("--limit applies to the in-memory JSON counts only (an --output ending in .json)")
+    store = count_corpus(
+        args.path, args.output, engine=args.engine, image_column=args.image_column, text_column=args.text_column,
+        split=args.split, count_images=args.count_images, max_ngram=1 if args.unigrams_only else 2,
+        partitions=args.partitions, shards_per_task=args.shards_per_task, spill_rows=args.spill_rows,
+        ray_address=args.ray_address, num_cpus=args.num_cpus, progress=not args.no_progress,
+    )
+    meta = store.meta
+    print(store.summary())
+    rate = meta["num_records"] / max(meta["seconds"], 1e-9)
+    print(f"{meta['engine']} engine, {meta['num_shards']} shards in {meta['map_tasks']} map tasks: "
+          f"{meta['seconds']:.1f} s ({rate:,.0f} pairs/s)")
+    if args.filter != "none":
+        # Build (and cache in the store) the lookup arrays the trainer's filter will memory-map.
+        index = AlignFilter(_filter_from_args(args), store).index
+        print(f"filter index ({args.filter}): " + ", ".join(f"{k}={v}" for k, v in index.sizes().items()))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _count_to_json(args: argparse.Namespace) -> int:
+    """The in-memory path for small corpora: one process, Python counters, one JSON file."""
     from align_hf.data.filtering import count_frequencies
     from align_hf.data.sources import load_pairs
 
     pairs = load_pairs(args.path, image_column=args.image_column, text_column=args.text_column, split=args.split)
-    counts = count_frequencies(pairs, count_images=args.count_images, limit=args.limit, progress=not args.no_progress)
+    counts = count_frequencies(pairs, count_images=args.count_images, limit=args.limit, progress=not args.no_progress,
+                               max_ngram=1 if args.unigrams_only else 2)
     counts.save(args.output)
     shared = sum(1 for v in counts.text_counts.values() if v > 1)
-    print(f"{counts.num_texts} texts, {len(counts.token_counts)} distinct unigrams, {shared} texts shared by 2+ images")
+    distinct = sum(1 for token in counts.token_counts if " " not in token)
+    print(f"{counts.num_texts} texts, {distinct} distinct unigrams, {shared} texts shared by 2+ images")
     print(f"wrote {args.output}")
     return 0
 
@@ -136,15 +176,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--min-words", type=int)
     check.add_argument("--max-words", type=int)
     check.add_argument("--min-token-count", type=int)
-    check.add_argument("--counts", help="frequency counts JSON from 'align-hf data count' (skips the counting pass)")
+    check.add_argument("--counts", help="counts from 'align-hf data count' (store folder or JSON; skips the counting pass)")
     check.add_argument("--save-counts", help="also save the counts of the counting pass here")
     check.add_argument("--max-pixels", type=int, default=89_478_485, help="decompression-bomb cap")
     check.add_argument("--max-aspect", type=float, default=20.0, help="skip images more elongated than this")
     check.set_defaults(func=run_check)
 
-    count = commands.add_parser("count", help="count texts/tokens (and images) for ALIGN's frequency rules; save as JSON")
+    count = commands.add_parser(
+        "count", help="count alt-texts, unigrams, bigrams (and images) for ALIGN's frequency rules",
+        description="Counts for ALIGN's frequency filter. An --output folder gets a parquet count store (64-bit hashed "
+                    "keys, hash-partitioned, merged with bounded memory) counted on Ray Data or in this process; an "
+                    "--output ending in .json gets the small in-memory counts. Both feed 'data check --counts' and "
+                    "'align-hf train --filter-counts'.")
     _add_source_args(count)
-    count.add_argument("--output", required=True, help="counts JSON to write")
+    count.add_argument("--output", required=True, help="count store folder (or a .json file for the in-memory counts)")
     count.add_argument("--count-images", action="store_true", help="also hash image bytes (for the texts-per-image rule)")
-    count.set_defaults(func=run_count)
-
+    count.add_argument("--unigrams-only", action="store_true", help="count unigrams, not bigrams (the rare-token rule then checks unigrams)")
+    count.add_argument("--engine", choices=("ray", "local"), default="ray",
+                       help="ray: Ray Data map-reduce (local Ray with this machine's CPUs unless --ray-address); "
+                            "local: the same map and reduce in this process (default: ray)")
+    count.add_argument("--ray-address", help="Ray cluster to join (e.g. 'auto' or ray://head:10001); --output must be on storage every node sees")
+    count.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    count.add_argument("--partitions", type=int, default=32,
+                       help="hash partitions per table, a power of two; one reduce task holds one (default: 32; 1024 at 10^9 pairs)")
+    count.add_argument("--shards-per-task", type=int, help="input shards per map task (default: about 4 tasks per CPU)")
+    count.add_argument("--spill-rows", type=int, default=4_000_000, help="keys a map task buffers before writing a sorted run")
+    count.add_argument("--filter", choices=("paper", "small", "none"), default="paper",
+                       help="prebuild the filter's lookup arrays for these thresholds in the store (default: paper)")
+    count.add_argument("--image-size", type=int, default=64, help="image size the 'small' preset is sized for")
+    count.set_defaults(func=run_count, min_image_side=None, max_aspect_ratio=None, max_images_per_text=None, min_words=None,
+                       max_words=None, min_token_count=None)

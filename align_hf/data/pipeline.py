@@ -2,19 +2,25 @@
 
 :class:`ImageTextPairs` turns a :func:`~align_hf.data.sources.load_pairs` stream into decoded,
 filtered, transformed samples, skipping and counting everything bad. :class:`ImageTextLoader`
-batches it with a torch ``DataLoader`` and gathers the counts from every worker.
+batches it with a (stateful) torch ``DataLoader`` and gathers the counts from every worker.
 :func:`build_train_stream` is the one way training code (the trainer, ``align-hf train``, the
 quickstart, :func:`build_loader`) builds the training stream.
 
 Sharding: ranks get disjoint parts of the stream via ``datasets.distributed.split_dataset_by_node``
 (whole shards when ``n_shards`` divides by the world size, else every world_size-th example), and
 ``datasets`` hands each DataLoader worker its own shards, so every sample is read once per epoch.
+
+Resumption: :class:`ImageTextLoader` uses torchdata's ``StatefulDataLoader`` (when installed), which
+collects :meth:`ImageTextPairs.state_dict` from every worker with every batch: shard position and
+offset, the shuffle buffer (:mod:`align_hf.data.resumable`), the caption / augmentation generators.
+``load_state_dict`` continues the stream sample-exactly, without decoding anything again.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -26,7 +32,7 @@ from PIL import Image
 
 from align_hf.data.decoding import DecodeLimits, clean_caption, decode_image, image_bytes
 from align_hf.data.filtering import AlignFilter
-from align_hf.data.sources import iter_records
+from align_hf.data.resumable import ResumableShuffle, shuffle_shards
 from align_hf.data.transforms import STATS_KEY, ImageTextCollator, ImageTransform, swap_words
 
 logger = logging.getLogger(__name__)
@@ -60,6 +66,11 @@ class DataStats:
             elif name.startswith(FILTER_PREFIX):
                 self.filtered[name[len(FILTER_PREFIX) :]] += value
 
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> "DataStats":
+        """The inverse of :meth:`as_dict` (counts restored from a checkpoint)."""
+        return cls(saved["total"], saved["kept"], Counter(saved["skipped"]), Counter(saved["filtered"]))
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "total": self.total,
@@ -83,6 +94,47 @@ def _default_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+class _Pass:
+    """The state of one pass of :class:`ImageTextPairs` in one process: the shuffled records, the
+    caption generator, the transform's generator and counts not yet attached to a sample."""
+
+    def __init__(self, dataset: "ImageTextPairs", worker_id: int, stream: int, resume: dict | None):
+        self.dataset = dataset
+        self.epoch = dataset.epoch
+        self.worker_id = worker_id
+        self.caption_rng = random.Random(dataset.seed * 1_000_003 + stream)
+        self.records = ResumableShuffle(dataset.pairs, dataset.shuffle_buffer, (dataset.seed, dataset.epoch, dataset.rank, worker_id),
+                                        None if resume is None else resume["records"])
+        self.pending: Counter = Counter()
+        self.done = False
+        if resume is not None:
+            self.caption_rng.setstate(_as_rng_state(resume["caption_rng"]))
+            self.pending.update(resume["pending"])
+            self.done = bool(resume["done"])
+            if resume["transform_rng"] is not None:
+                dataset.transform.rng.setstate(_as_rng_state(resume["transform_rng"]))
+            if self.done:
+                self.records = ()  # type: ignore[assignment] # the pass had ended
+
+    def state_dict(self) -> dict[str, Any]:
+        transform_rng = getattr(self.dataset.transform, "rng", None)
+        return {
+            "epoch": self.epoch,
+            "worker": self.worker_id,
+            "records": self.records.state_dict() if not self.done else None,
+            "caption_rng": self.caption_rng.getstate(),
+            "transform_rng": transform_rng.getstate() if isinstance(transform_rng, random.Random) else None,
+            "pending": dict(self.pending),
+            "done": self.done,
+        }
+
+
+def _as_rng_state(state: Any) -> tuple:
+    """``random.Random.getstate()`` as saved (lists after a round trip through some serialisers) -> tuple."""
+    version, internal, gauss = state
+    return int(version), tuple(int(x) for x in internal), gauss
+
+
 class ImageTextPairs(torch.utils.data.IterableDataset):
     """Decoded, filtered, transformed image-text samples from a ``load_pairs`` stream.
 
@@ -94,8 +146,10 @@ class ImageTextPairs(torch.utils.data.IterableDataset):
         transform: e.g. :class:`~align_hf.data.transforms.ImageTransform`.
         filter: optional :class:`~align_hf.data.filtering.AlignFilter`.
         limits: decode-time sanity limits.
-        shuffle_buffer: examples held in the shuffle buffer (0: no shuffling). Shard order is
-            shuffled too; call :meth:`set_epoch` each epoch for a new order.
+        shuffle_buffer: raw records held in the shuffle buffer (0: no shuffling). Shard order is
+            shuffled too; call :meth:`set_epoch` each epoch for a new order. The buffer is
+            :class:`~align_hf.data.resumable.ResumableShuffle`'s, so :meth:`state_dict` (taken in each
+            DataLoader worker by torchdata's ``StatefulDataLoader``) resumes the stream sample-exactly.
         seed: shuffling / caption-choice seed.
         rank, world_size: this process's place among distributed ranks (default: from
             ``torch.distributed`` when initialised).
@@ -132,8 +186,9 @@ class ImageTextPairs(torch.utils.data.IterableDataset):
                 )
             pairs = split_dataset_by_node(pairs, rank=rank, world_size=world_size)
         if shuffle_buffer > 0:
-            pairs = pairs.shuffle(seed=seed, buffer_size=shuffle_buffer)
+            pairs = shuffle_shards(pairs, seed)
         self.pairs = pairs
+        self.shuffle_buffer = shuffle_buffer
         self.rank = rank
         self.transform = transform
         self.filter = filter
@@ -143,6 +198,8 @@ class ImageTextPairs(torch.utils.data.IterableDataset):
         self.emit_stats = emit_stats
         self.flip_swap = flip_swap
         self.stats = DataStats()
+        self._pass: _Pass | None = None  # the pass being iterated in this process
+        self._resume: dict | None = None  # a state_dict to start the next pass from
         if filter is not None and filter.counts is None and filter.config.needs_counts:
             logger.warning("filter has no FrequencyCounts: the frequency rules (shared texts, rare tokens) are off")
 
@@ -159,6 +216,18 @@ class ImageTextPairs(torch.utils.data.IterableDataset):
         size = getattr(self.transform, "size", None)
         return (size[1], size[0]) if size is not None else None
 
+    def state_dict(self) -> dict[str, Any]:
+        """Position of this process's pass (call it in the DataLoader worker, as ``StatefulDataLoader``
+        does): epoch, the shuffle buffer's state, the caption / augmentation generators and counts not
+        yet attached to a sample."""
+        if self._pass is not None:
+            return self._pass.state_dict()
+        return self._resume if self._resume is not None else {"epoch": self.epoch, "worker": None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Start the next pass (of the same epoch, see :meth:`set_epoch`) where ``state`` left off."""
+        self._resume = state
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker = torch.utils.data.get_worker_info()
         worker_id = worker.id if worker is not None else 0
@@ -166,15 +235,25 @@ class ImageTextPairs(torch.utils.data.IterableDataset):
         stream = (self.epoch * 4096 + self.rank) * 256 + worker_id
         if hasattr(self.transform, "reseed"):
             self.transform.reseed(stream)
-        caption_rng = random.Random(self.seed * 1_000_003 + stream)
+        resume, self._resume = self._resume, None
+        if resume is not None and resume.get("worker") is None:
+            resume = None  # saved before the pass started: a fresh start
+        if resume is not None and (resume["epoch"], resume["worker"]) != (self.epoch, worker_id):
+            raise ValueError(f"data state of epoch {resume['epoch']}, worker {resume['worker']} given to epoch "
+                             f"{self.epoch}, worker {worker_id}: resume with the same number of workers")
+        self._pass = _Pass(self, worker_id, stream, resume)
+        return self._samples(self._pass, worker)
+
+    def _samples(self, state: "_Pass", worker: Any) -> Iterator[dict[str, Any]]:
+        caption_rng = state.caption_rng
         draft = self._draft_size()
-        pending: Counter = Counter()
+        pending = state.pending
 
         def skip(name: str) -> None:
             pending[name] += 1
             self.stats.update({name: 1})
 
-        for record in iter_records(self.pairs):
+        for record in state.records:
             pending[TOTAL] += 1
             self.stats.total += 1
             if record.get("error"):
@@ -219,8 +298,11 @@ class ImageTextPairs(torch.utils.data.IterableDataset):
                 sample[STATS_KEY] = dict(pending)
                 pending.clear()
             yield sample
+        state.done = True
         if self.emit_stats and pending:
-            yield {STATS_KEY: dict(pending)}  # counts after the last kept sample
+            last = dict(pending)
+            pending.clear()
+            yield {STATS_KEY: last}  # counts after the last kept sample
         if worker is None and self.stats.total:
             logger.info("data pass: %s", self.stats.summary())
 
@@ -268,18 +350,37 @@ class ImageTextLoader:
         # new shuffle order) would never reach them.
         if num_workers > 0 and prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
-        self.loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=collator,
-            pin_memory=pin_memory,
-            drop_last=False,  # incomplete batches are dropped here, after their counts are taken
-            **kwargs,
-        )
+        loader_class, self.stateful = _loader_class()
+        if self.stateful:
+            # A worker snapshot with every batch: the state after any batch is exact, nothing is replayed.
+            kwargs["snapshot_every_n_steps"] = 1
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*set_vital.*")  # torchdata 0.11 calls a deprecated torch API
+            self.loader = loader_class(
+                dataset,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                collate_fn=collator,
+                pin_memory=pin_memory,
+                drop_last=False,  # incomplete batches are dropped here, after their counts are taken
+                **kwargs,
+            )
 
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """After the last batch yielded: the ``StatefulDataLoader``'s state (every worker's
+        :meth:`ImageTextPairs.state_dict`) and the counts so far. Needs torchdata."""
+        if not self.stateful:
+            raise RuntimeError("resumable loading needs torchdata (pip install torchdata)")
+        return {"loader": self.loader.state_dict(), "stats": self.stats.as_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The next iteration (of the same epoch) continues after the batch ``state`` was taken at,
+        and the counts continue from the saved ones."""
+        self.loader.load_state_dict(state["loader"])
+        self.stats = DataStats.from_dict(state["stats"])
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         yielded = 0
@@ -296,6 +397,15 @@ class ImageTextLoader:
             yielded += 1
             yield batch
         logger.info("data: %s", self.stats.summary())
+
+
+def _loader_class() -> tuple[type, bool]:
+    """torchdata's ``StatefulDataLoader`` (resumable across workers) when installed, else torch's."""
+    try:
+        from torchdata.stateful_dataloader import StatefulDataLoader
+    except ImportError:
+        return torch.utils.data.DataLoader, False
+    return StatefulDataLoader, True
 
 
 def build_train_stream(

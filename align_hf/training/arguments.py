@@ -67,13 +67,40 @@ class AlignTrainingArguments(TrainingArguments):
                   "run fully decayed. Ranks agree on the clock."},
     )
     eval_on_end: bool = field(default=True, metadata={"help": "Evaluate once more after the last step."})
+    accum_freq: int = field(
+        default=1,
+        metadata={"help": "Feature-cached accumulation: each optimiser step contrasts accum_freq micro-batches of "
+                  "per_device_train_batch_size pairs as ONE batch (more negatives) while holding one micro-batch's "
+                  "activations (align_hf.training.feature_cache). Global batch = per_device_train_batch_size x "
+                  "accum_freq x world size; costs one extra forward per micro-batch. Replaces "
+                  "gradient_accumulation_steps (which adds no negatives); single process or DDP."},
+    )
+    sync_batch_norm: bool = field(
+        default=False,
+        metadata={"help": "With more than one process, BatchNorm in the image tower normalises with the statistics of "
+                  "the global batch (SyncBatchNorm) instead of each rank's own."},
+    )
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.freeze_vision_tower and self.freeze_text_tower:
             raise ValueError("freezing both towers leaves nothing to train but the temperature")
+        if self.accum_freq < 1:
+            raise ValueError(f"accum_freq must be >= 1, got {self.accum_freq}")
+        if self.accum_freq > 1 and self.gradient_accumulation_steps > 1:
+            raise ValueError("accum_freq (feature-cached, adds negatives) replaces gradient_accumulation_steps: set one of them")
+        if self.accum_freq > 1 and (self.deepspeed or self.fsdp):
+            raise ValueError("accum_freq needs one process or DDP: DeepSpeed steps at every backward, FSDP shards the head")
+        if self.sync_batch_norm and self.freeze_batch_norm:
+            raise ValueError("sync_batch_norm and freeze_batch_norm contradict each other: frozen BatchNorm uses no batch statistics")
         super().__post_init__()
+
+    @property
+    def train_batch_size(self) -> int:
+        """Pairs one process loads per optimiser step: ``per_device_train_batch_size x accum_freq``
+        (x GPUs under DataParallel). AlignTrainer cuts the batch into ``accum_freq`` micro-batches."""
+        return super().train_batch_size * self.accum_freq
 
 
 TASKS = ("contrastive", "classification")
@@ -132,6 +159,11 @@ class DataArguments:
         default="none",
         metadata={"help": "ALIGN frequency filter on the training data: none, paper thresholds, or small (small corpora).",
                   "choices": list(FILTERS)},
+    )
+    filter_counts: str | None = field(
+        default=None,
+        metadata={"help": "Corpus counts for --filter from `align-hf data count` (store folder or .json); skips the "
+                  "counting pass over the training data."},
     )
     flip_swap_left_right: bool = field(
         default=False, metadata={"help": "Swap 'left'/'right' in captions of flipped images (on by default for the synthetic corpus)."}

@@ -18,17 +18,25 @@ logger = logging.getLogger(__name__)
 
 
 class BudgetClock:
-    """Share of a wall-clock budget spent since creation, agreed on by all ranks."""
+    """Share of a wall-clock budget spent, agreed on by all ranks.
 
-    def __init__(self, seconds: float, device: torch.device):
+    ``spent``: seconds already spent before this clock was created (a resumed run continues the
+    interrupted run's budget; checkpoints save :meth:`elapsed`).
+    """
+
+    def __init__(self, seconds: float, device: torch.device, spent: float = 0.0):
         self.seconds = float(seconds)
         self.device = device  # where the collective runs (NCCL needs GPU tensors)
-        self.start = time.perf_counter()
-        self.fraction = 0.0
+        self.start = time.perf_counter() - float(spent)
+        self.fraction = min(1.0, float(spent) / self.seconds)
+
+    def elapsed(self) -> float:
+        """Training seconds spent so far, including those before a resume (this rank's clock)."""
+        return time.perf_counter() - self.start
 
     def sync(self) -> float:
         """Update and return :attr:`fraction` (0 to 1); a collective under ``torch.distributed``."""
-        local = (time.perf_counter() - self.start) / self.seconds
+        local = self.elapsed() / self.seconds
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             # Rank 0's clock decides, so every rank uses the same learning rate and stops at the same step.
             value = torch.tensor([local], dtype=torch.float64, device=self.device)

@@ -4,14 +4,54 @@ renamed into place once complete.
 A kill at any moment leaves either the previous complete checkpoints or the new complete one;
 ``transformers.trainer_utils.get_last_checkpoint`` only matches ``checkpoint-N`` names, so a
 half-written staging folder is never resumed from.
+
+Each rank also writes its own training-stream state into the checkpoint (``data_state/rank-R.pt``:
+the stream position of every DataLoader worker, the data counts, the time budget spent), so a
+resumed run continues the stream exactly instead of replaying it.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from typing import Any, Iterable
+
+import torch
 
 STAGING_PREFIX = ".staging-"
+DATA_STATE_FOLDER = "data_state"
+
+
+def rank_state_path(checkpoint: str, rank: int) -> str:
+    """Where rank ``rank`` keeps its stream state in ``checkpoint``."""
+    return os.path.join(checkpoint, DATA_STATE_FOLDER, f"rank-{rank:05d}.pt")
+
+
+def save_rank_state(checkpoint: str, rank: int, stream: Any, callbacks: Iterable[Any]) -> None:
+    """Write this rank's ``{"stream": stream.state_dict() or None, "budget_seconds": float or None}``.
+
+    ``stream``: the :class:`~align_hf.training.stream.StreamingTrainLoader` (None for map-style
+    data); the budget is read from a :class:`~align_hf.training.budget.TimeBudgetCallback` among
+    ``callbacks``.
+    """
+    from align_hf.training.budget import TimeBudgetCallback
+
+    clock = next((c.clock for c in callbacks if isinstance(c, TimeBudgetCallback)), None)
+    state = {
+        "stream": stream.state_dict() if stream is not None else None,
+        "budget_seconds": clock.elapsed() if clock is not None else None,
+    }
+    path = rank_state_path(checkpoint, rank)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(state, path)
+
+
+def load_rank_state(checkpoint: str, rank: int) -> dict[str, Any] | None:
+    """What :func:`save_rank_state` wrote for ``rank``; None for checkpoints saved without it."""
+    path = rank_state_path(checkpoint, rank)
+    if not os.path.exists(path):
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def staging_folder(run_dir: str, name: str) -> str:
@@ -65,4 +105,4 @@ def fsync_tree(root: str) -> None:
         fsync_dir(folder)
 
 
-__all__ = ["STAGING_PREFIX", "discard", "fsync_dir", "fsync_tree", "publish", "staging_folder"]
+__all__ = ["DATA_STATE_FOLDER", "STAGING_PREFIX", "discard", "load_rank_state", "rank_state_path", "save_rank_state", "fsync_dir", "fsync_tree", "publish", "staging_folder"]

@@ -88,9 +88,12 @@ def build_model_and_processor(model_args: ModelArguments, vocab_file: str | None
     return AlignModel(config).train(), processor
 
 
-def build_filter(kind: str, source: Any, image_size: int, progress: bool):
-    """The ALIGN filter (``"paper"`` or ``"small"`` thresholds for ``image_size`` px corpora) with corpus
-    counts from one pass over ``source``; None for ``"none"``."""
+def build_filter(kind: str, source: Any, image_size: int, progress: bool, counts_path: str | None = None):
+    """The ALIGN filter (``"paper"`` or ``"small"`` thresholds for ``image_size`` px corpora); None for ``"none"``.
+
+    Its corpus counts come from ``counts_path`` (a store written by ``align-hf data count``, or its
+    JSON) when given, else from one counting pass over ``source``.
+    """
     if kind == "none":
         return None
     from align_hf.data.filtering import AlignFilter, FilterConfig, count_frequencies
@@ -98,8 +101,13 @@ def build_filter(kind: str, source: Any, image_size: int, progress: bool):
 
     config = FilterConfig.paper() if kind == "paper" else FilterConfig.small_corpus(image_size)
     counts = None
-    if config.needs_counts:
-        counts = count_frequencies(load_pairs(source), count_images=config.max_texts_per_image is not None, progress=progress)
+    if counts_path is not None:
+        from align_hf.data.count_store import load_counts
+
+        counts = load_counts(counts_path)
+    elif config.needs_counts:
+        counts = count_frequencies(load_pairs(source), count_images=config.max_texts_per_image is not None,
+                                   progress=progress, max_ngram=config.rare_ngrams)
     return AlignFilter(config, counts)
 
 

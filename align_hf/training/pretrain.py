@@ -54,7 +54,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     vocab_file = os.path.join(corpus, manifest.get("vocab_file", "vocab.txt")) if corpus else None
     model, processor = build_model_and_processor(model_args, vocab_file)
     progress = not training_args.disable_tqdm and training_args.process_index == 0
-    align_filter = build_filter(data_args.filter, train_source, model.config.vision_config.image_size, progress)
+    align_filter = build_filter(data_args.filter, train_source, model.config.vision_config.image_size, progress,
+                                counts_path=data_args.filter_counts)
     flip_swap = LEFT_RIGHT_SWAP if (data_args.flip_swap_left_right or manifest is not None) else None
     train_dataset = build_train_stream(train_source, processor.image_processor, training_args.seed, filter=align_filter,
                                        flip_swap=flip_swap, shuffle_buffer=data_args.shuffle_buffer,

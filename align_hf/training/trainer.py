@@ -5,7 +5,9 @@ What it adds to the stock Trainer:
 * the loss is the model's contrastive head over the GLOBAL batch: under ``torch.distributed`` every
   rank's embeddings are gathered (autograd-aware) and each rank's gradient share is weighted so that
   DDP/FSDP/DeepSpeed averaging yields the exact global-batch gradient; under gradient accumulation
-  each micro-batch loss is divided by the number of micro-batches;
+  each micro-batch loss is divided by the number of micro-batches; ``--accum_freq K`` instead
+  contrasts K micro-batches as one batch (:mod:`align_hf.training.feature_cache`);
+* ``--sync_batch_norm`` (:mod:`align_hf.training.sync_batch_norm`);
 * the paper's optimiser (LAMB, weight decay 1e-5 kept off norms, biases and the temperature; AdamW
   as an option) with the stock linear warm-up + linear decay schedule;
 * logs of the temperature, in-batch image->text / text->image accuracy, throughput in pairs/s and
@@ -43,8 +45,10 @@ from align_hf.evaluation.runner import evaluate_sets
 from align_hf.training import checkpointing
 from align_hf.training.arguments import AlignTrainingArguments
 from align_hf.training.budget import BudgetClock, TimeBudgetCallback, budget_schedule_factor
+from align_hf.training.feature_cache import feature_cached_step, split_micro_batches
 from align_hf.training.freezing import freeze_batch_norm, freeze_towers, parameter_groups
 from align_hf.training.stream import StreamingTrainLoader
+from align_hf.training.sync_batch_norm import sync_image_tower
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +149,8 @@ class AlignTrainer(Trainer):
 
     @staticmethod
     def _prepare_model(model: nn.Module, args: Any) -> None:
+        if getattr(args, "sync_batch_norm", False):  # before freezing: frozen layers keep their hooks
+            sync_image_tower(model, args.world_size, args.device.type)
         if getattr(args, "freeze_vision_tower", False) or getattr(args, "freeze_text_tower", False) or getattr(
             args, "freeze_temperature", False
         ):
@@ -188,13 +194,18 @@ class AlignTrainer(Trainer):
         # state a checkpoint restores for dropout.
         loader.loader.generator = torch.Generator().manual_seed(self.args.seed)
         self._stream = StreamingTrainLoader(loader)
-        self._stream.skip_batches = getattr(self, "_resume_skip_batches", 0)
+        if getattr(self, "_resume_stream_state", None) is not None:
+            self._stream.load_state_dict(self._resume_stream_state)  # shard + offset + buffer, no replay
+        else:
+            self._stream.skip_batches = getattr(self, "_resume_skip_batches", 0)  # checkpoints without stream state
         return self._stream
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
-        """``Trainer.train``; for streamed data the resumed stream is fast-forwarded by the loader itself
-        (the stock data skipping only knows torch DataLoaders)."""
+        """``Trainer.train``; resuming restores this rank's stream position, data counts and time budget
+        from the checkpoint (:func:`~align_hf.training.checkpointing.save_rank_state`), so streamed
+        data continues without replay (the stock data skipping only knows torch DataLoaders)."""
         self._resume_skip_batches = 0
+        self._resume_stream_state, self._resume_budget_spent = None, 0.0
         streaming = isinstance(self.train_dataset, ImageTextPairs)
         user_ignore_skip = self.args.ignore_data_skip
         if resume_from_checkpoint:
@@ -206,7 +217,11 @@ class AlignTrainer(Trainer):
                 if checkpoint is None:
                     raise ValueError(f"no complete checkpoint in {self.args.output_dir} to resume from")
                 resume_from_checkpoint = checkpoint
-            if streaming and not user_ignore_skip:
+            saved = checkpointing.load_rank_state(checkpoint, self.args.process_index) or {}
+            self._resume_budget_spent = saved.get("budget_seconds") or 0.0
+            if streaming and not user_ignore_skip and saved.get("stream") is not None:
+                self._resume_stream_state = saved["stream"]
+            elif streaming and not user_ignore_skip:
                 with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as handle:
                     step = json.load(handle)["global_step"]
                 self._resume_skip_batches = step * self.args.gradient_accumulation_steps
@@ -252,7 +267,7 @@ class AlignTrainer(Trainer):
             return super().create_scheduler(num_training_steps, optimizer)
         if self.args.lr_scheduler_type != "linear":
             raise ValueError("max_train_seconds needs lr_scheduler_type='linear'")
-        clock = BudgetClock(budget, self.args.device)
+        clock = BudgetClock(budget, self.args.device, spent=getattr(self, "_resume_budget_spent", 0.0))
         warmup_share = self.args.get_warmup_steps(num_training_steps) / max(1, num_training_steps)
         factor = budget_schedule_factor(num_training_steps, warmup_share, clock)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
@@ -270,23 +285,46 @@ class AlignTrainer(Trainer):
         pixels = inputs.get("pixel_values")
         if pixels is not None:
             self._window["pairs"] += int(pixels.shape[0]) * max(1, self.args.world_size)
+        if getattr(self.args, "accum_freq", 1) > 1:
+            return self._feature_cached_step(model, inputs)
         return super().training_step(model, inputs, num_items_in_batch)
 
-    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
-        """The contrastive loss of the (global) batch, as the model's head computes it."""
+    def _feature_cached_step(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        """``--accum_freq K``: the batch of K x N pairs is cut into K micro-batches contrasted as one
+        (:mod:`align_hf.training.feature_cache`); returns the loss of the (global) K x N batch."""
+        model.train()
+        if callable(getattr(self.optimizer, "train", None)):  # schedule-free optimisers, as the stock step does
+            self.optimizer.train()
+        micro_batches = split_micro_batches({k: v for k, v in inputs.items() if k in MODEL_INPUTS}, self.args.accum_freq)
+        out = feature_cached_step(
+            model, micro_batches, self.accelerator.unwrap_model(model).contrastive_head,
+            prepare=lambda batch: self._model_inputs(self._prepare_inputs(batch)), backward=self.accelerator.backward,
+            no_sync=lambda: self.accelerator.no_sync(model), autocast=self.compute_loss_context_manager,
+        )
+        self._track_step(out.temperature, out.i2t_accuracy, out.t2i_accuracy)
+        return out.loss
+
+    def _model_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         model_inputs = {k: v for k, v in inputs.items() if k in MODEL_INPUTS}
         pixels = model_inputs.get("pixel_values")
         if getattr(self.args, "channels_last", False) and pixels is not None and pixels.ndim == 4:
             model_inputs["pixel_values"] = pixels.contiguous(memory_format=torch.channels_last)
+        return model_inputs
+
+    def _track_step(self, temperature: torch.Tensor, i2t: torch.Tensor, t2i: torch.Tensor) -> None:
+        window = self._window
+        window["loss_steps"] += 1
+        # Summed as tensors: a float() here would make the host wait for the GPU every step.
+        window["temperature"] += temperature.detach().float()
+        window["i2t"] += i2t.detach().float()
+        window["t2i"] += t2i.detach().float()
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
+        """The contrastive loss of the (global) batch, as the model's head computes it."""
         # The (N, N) logits are only wanted when the caller asks for the outputs (prediction loops).
-        outputs = model(**model_inputs, return_loss=True, return_logits=return_outputs)
+        outputs = model(**self._model_inputs(inputs), return_loss=True, return_logits=return_outputs)
         if model.training:
-            window = self._window
-            window["loss_steps"] += 1
-            # Summed as tensors: a float() here would make the host wait for the GPU every step.
-            window["temperature"] += outputs.temperature.detach().float()
-            window["i2t"] += outputs.image_to_text_accuracy.detach().float()
-            window["t2i"] += outputs.text_to_image_accuracy.detach().float()
+            self._track_step(outputs.temperature, outputs.image_to_text_accuracy, outputs.text_to_image_accuracy)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     # ------------------------------------------------------------------ logging
@@ -411,6 +449,8 @@ class AlignTrainer(Trainer):
             self._staging_root = None
             self.args.save_total_limit = limit
         staged = os.path.join(staging_root, name)
+        # Every rank: its stream position, data counts and budget spent, published with the rest.
+        checkpointing.save_rank_state(staged, self.args.process_index, self._stream, self.callback_handler.callbacks)
         if self.args.should_save:
             best = self.state.best_model_checkpoint
             if best is not None and best.startswith(staging_root):

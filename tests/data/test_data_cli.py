@@ -67,3 +67,33 @@ def test_count_command(tmp_path, capsys):
     counts = FrequencyCounts.load(tmp_path / "counts.json")
     assert counts.counted_images and counts.num_texts == 10 and counts.token_counts["png"] == 4
     assert "distinct unigrams" in capsys.readouterr().out
+
+
+def test_count_store_command_feeds_check(tmp_path, capsys):
+    from align_hf.data.count_store import CountStore
+    from data_samples import good_samples
+
+    samples = good_samples(24, size=(40, 40))
+    for s in samples[:12]:
+        s["text"] = "the same boilerplate caption"
+    write_samples(str(tmp_path / "wds"), samples + bad_samples(), per_shard=5)
+    store_dir = tmp_path / "store"
+    assert main(["data", "count", str(tmp_path / "wds"), "--output", str(store_dir), "--engine", "local", "--partitions", "4",
+                 "--count-images", "--filter", "small", "--image-size", "16", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "distinct bigrams" in printed and "pairs/s" in printed and "filter index (small)" in printed
+    store = CountStore(store_dir)
+    assert store.num_texts == len(samples) + 10 and store.counted_images and store.skipped == {"empty_caption": 1}
+    assert any((store_dir / "filter_index").rglob("*.npy"))  # the small preset's arrays, prebuilt
+
+    # `data check` with the store decides exactly as with its own in-memory counting pass.
+    flags = ["--no-progress", "--filter", "small", "--image-size", "16"]
+    main(["data", "check", str(tmp_path / "wds"), "--json", str(tmp_path / "a.json")] + flags)
+    main(["data", "check", str(tmp_path / "wds"), "--json", str(tmp_path / "b.json"), "--counts", str(store_dir)] + flags)
+    memory, stored = (json.loads((tmp_path / name).read_text())["filter"] for name in ("a.json", "b.json"))
+    assert stored["dropped"] == memory["dropped"] and stored["kept"] == memory["kept"]
+    assert memory["dropped"]["text_shared_by_many_images"] == 12
+    import pytest
+
+    with pytest.raises(SystemExit, match="--limit"):
+        main(["data", "count", str(tmp_path / "wds"), "--output", str(tmp_path / "s2"), "--limit", "3", "--engine", "local"])

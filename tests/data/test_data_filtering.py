@@ -64,7 +64,7 @@ def test_rare_tokens_by_count_and_by_vocab_size():
     assert by_count.check_text("red square on grey") == RULE_RARE_TOKEN  # "square" seen 3 times
     assert by_count.check_text("IMG_2041.jpg photo here") == RULE_RARE_TOKEN
     # vocab of the 4 most frequent unigrams: red, on, grey (8 each), circle (5).
-    by_vocab = AlignFilter(FilterConfig(vocab_size=4, min_token_count=None), counts)
+    by_vocab = AlignFilter(FilterConfig(vocab_size=4, min_token_count=None, rare_ngrams=1), counts)
     assert by_vocab.check_text("red circle on grey") is None
     assert by_vocab.check_text("red square on grey") == RULE_RARE_TOKEN
     # Paper defaults on a small corpus: nothing is rare.
