@@ -37,3 +37,26 @@ def tiny_model(seed: int = 0, vocab_size: int | None = None, **overrides) -> Ali
     if vocab_size is not None:
         overrides.setdefault("text_config", {})["vocab_size"] = vocab_size
     return AlignModel(AlignConfig.from_preset("tiny", **overrides)).eval()
+
+
+def peak_cpu_allocation(fn) -> int:
+    """Peak bytes of CPU tensors allocated inside ``fn`` and still alive, from the profiler's
+    allocation events (each carries the running total of memory allocated while profiling)."""
+    import json
+    import os
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path, encoding="utf-8") as handle:
+            events = json.load(handle)["traceEvents"]
+    totals = [e["args"]["Total Allocated"] for e in events
+              if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0]
+    if not totals:
+        raise RuntimeError("the profiler recorded no CPU allocations")
+    return max(totals)

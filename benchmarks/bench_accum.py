@@ -13,23 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import os
-import tempfile
 import time
-
-
-def _cpu_peak(fn) -> int:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "trace.json")
-        prof.export_chrome_trace(path)
-        with open(path, encoding="utf-8") as handle:
-            events = json.load(handle)["traceEvents"]
-    return max(e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0)
 
 
 def _cuda_peak(fn) -> int:
@@ -59,6 +43,7 @@ def main() -> None:
     import torch
 
     from align_hf import AlignConfig, AlignModel
+    from align_hf.testing import peak_cpu_allocation
     from align_hf.training.feature_cache import feature_cached_step, split_micro_batches
 
     torch.set_num_threads(args.threads)
@@ -66,7 +51,7 @@ def main() -> None:
     config = AlignConfig.from_preset(args.preset, vision_config={"image_size": args.image_size})
     model = AlignModel(config).to(device).train()
     d = config.projection_dim
-    peak = _cuda_peak if device.type == "cuda" else _cpu_peak
+    peak = _cuda_peak if device.type == "cuda" else peak_cpu_allocation
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
 
     def batch(size: int) -> dict:

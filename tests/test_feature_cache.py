@@ -13,14 +13,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 import torch
 from transformers import TrainerCallback
 
-from align_hf.testing import tiny_model
+from align_hf.testing import peak_cpu_allocation, tiny_model
 from align_hf.training.arguments import AlignTrainingArguments
 from align_hf.training.feature_cache import feature_cached_step, split_micro_batches
 from align_hf.training.freezing import freeze_batch_norm
@@ -133,26 +132,6 @@ def test_dropout_masks_and_batch_norm_updates_are_replayed():
     assert not torch.allclose(other.text_embeds, outs[0].text_embeds.detach())
 
 
-def _profiled_peak(fn) -> int:
-    """Peak bytes of CPU tensors allocated inside ``fn`` and still alive, from the profiler's
-    allocation events (each carries the running total of memory allocated while profiling)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "trace.json")
-        prof.export_chrome_trace(path)
-        with open(path, encoding="utf-8") as handle:
-            events = json.load(handle)["traceEvents"]
-    totals = [e["args"]["Total Allocated"] for e in events
-              if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0]
-    assert totals, "the profiler recorded no CPU allocations"
-    return max(totals)
-
-
 def test_peak_memory_is_one_micro_batch_plus_cached_embeddings():
     torch.set_num_threads(min(4, torch.get_num_threads()))
     size, n = 96, 4  # 96 px: activations dominate
@@ -166,14 +145,14 @@ def test_peak_memory_is_one_micro_batch_plus_cached_embeddings():
     def micro_step():
         model(**one, return_loss=True, return_logits=False).loss.backward()
 
-    peak_micro = _profiled_peak(micro_step)
+    peak_micro = peak_cpu_allocation(micro_step)
     rng_bytes = torch.get_rng_state().numel()
     bn_bytes = sum(b.numel() * b.element_size() for m in model.modules()
                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for b in m.buffers())
     for k in (4, 8):
         big = _batch(k * n, image_size=size, dtype=torch.float32, seed=k)
-        peak_cached = _profiled_peak(lambda big=big, k=k: feature_cached_step(model, split_micro_batches(big, k), model.contrastive_head))
-        peak_big = _profiled_peak(lambda big=big: model(**big, return_loss=True, return_logits=False).loss.backward())
+        peak_cached = peak_cpu_allocation(lambda big=big, k=k: feature_cached_step(model, split_micro_batches(big, k), model.contrastive_head))
+        peak_big = peak_cpu_allocation(lambda big=big: model(**big, return_loss=True, return_logits=False).loss.backward())
         # O(K N d): image and text embeddings and their gradients (4 x K N d floats), with twice
         # that for concatenation copies; plus K + 1 RNG states, the BatchNorm snapshot, and 64 KiB
         # for the per-micro-batch (N, N) logits and small temporaries.
