@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_align import AlignVisionConfig
+from .fast_blocks import accelerate_backbone
 
 
 class KerasPadConv2d(nn.Conv2d):
@@ -26,6 +27,9 @@ class KerasPadConv2d(nn.Conv2d):
         self.fixed_padding = tuple(int(p) for p in fixed_padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left, right, top, bottom = self.fixed_padding
+        if left == right and top == bottom:  # the convolution pads itself: no padded copy of x
+            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
         return super().forward(F.pad(x, self.fixed_padding))
 
     def extra_repr(self) -> str:
@@ -131,4 +135,5 @@ def build_image_backbone(config: AlignVisionConfig) -> tuple[nn.Module, int]:
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eps = config.batch_norm_eps
             module.momentum = config.batch_norm_momentum
+    accelerate_backbone(backbone)
     return backbone, width

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .loss_tiles import TiledCrossEntropy, accumulation_dtype
+from .loss_triton import check_backend
 
 __all__ = [
     "AlignContrastiveHead",
@@ -147,22 +148,24 @@ def _softmax_partial(
     label_smoothing: float,
     label_offset: int,
     tile: int,
+    backend: Optional[str] = "auto",
 ) -> _Partial:
     """Sum over local pairs of (CE_i2t + CE_t2i) / 2; ``x_all=None`` means single process."""
     eps = float(label_smoothing)
+    check_backend(backend)  # resolved inside the tile ops, at run time
     if x_all is None:
         # One pass: rows give image->text, columns text->image.
         ce_i2t, ce_t2i, max_i2t, max_t2i, label_i2t = TiledCrossEntropy.apply(
-            x_loc, y_loc, scale, None, eps, False, True, 0, tile
+            x_loc, y_loc, scale, None, eps, False, True, 0, tile, backend
         )
         label_t2i = label_i2t
     else:
         # Local rows against every rank's columns, once per direction.
         ce_i2t, _, max_i2t, _, label_i2t = TiledCrossEntropy.apply(
-            x_loc, y_all, scale, None, eps, False, False, label_offset, tile
+            x_loc, y_all, scale, None, eps, False, False, label_offset, tile, backend
         )
         ce_t2i, _, max_t2i, _, label_t2i = TiledCrossEntropy.apply(
-            y_loc, x_all, scale, None, eps, False, False, label_offset, tile
+            y_loc, x_all, scale, None, eps, False, False, label_offset, tile, backend
         )
     return _Partial(
         0.5 * (ce_i2t.sum() + ce_t2i.sum()),
@@ -218,6 +221,7 @@ def contrastive_loss(
     label_smoothing: float = 0.1,
     chunk_size: Optional[int] = None,
     check_finite: Optional[bool] = None,
+    backend: Optional[str] = "auto",
 ) -> Tensor:
     """ALIGN's symmetric softmax loss, computed in tiles (exact, O(N d + tile^2) memory).
 
@@ -230,6 +234,8 @@ def contrastive_loss(
         chunk_size: tile edge; ``None`` picks :func:`auto_chunk_size`.
         check_finite: raise on NaN/inf inputs or t <= 0. ``None``: only where the check needs no
             host synchronisation (CPU, not compiling).
+        backend: ``"auto"`` (Triton kernels on CUDA when ``triton`` imports, else torch),
+            ``"torch"`` or ``"triton"``; see :func:`align_hf.loss_triton.resolve_backend`.
 
     Returns:
         Scalar loss ``(CE(logits) + CE(logits.T)) / 2``: float64 for float64 inputs, float32
@@ -239,7 +245,7 @@ def contrastive_loss(
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     x, y, t, _ = _prepare_inputs(image_embeds, text_embeds, temperature, None, check_finite)
     tile = _resolve_tile(chunk_size, x.shape[0], x.shape[0], x.device)
-    part = _softmax_partial(x, y, None, None, 1.0 / t, label_smoothing, 0, tile)
+    part = _softmax_partial(x, y, None, None, 1.0 / t, label_smoothing, 0, tile, backend)
     return part.loss_sum / x.shape[0]
 
 
@@ -357,6 +363,7 @@ class AlignContrastiveHead(nn.Module):
             sync) so ranks may hold different batch sizes, e.g. a short last batch. ``False``
             skips that sync; every rank must then always pass the same N (``drop_last=True``).
         check_finite: see :func:`contrastive_loss`.
+        backend: tile kernels of the softmax loss, see :func:`contrastive_loss`.
 
     Parameters: ``temperature`` (scalar, logits = cos / temperature) and, for the sigmoid loss,
     ``bias`` (scalar).
@@ -374,6 +381,7 @@ class AlignContrastiveHead(nn.Module):
         min_temperature: float = 1e-2,
         sync_batch_sizes: bool = True,
         check_finite: Optional[bool] = None,
+        backend: Optional[str] = "auto",
     ) -> None:
         super().__init__()
         if loss_type not in ("softmax", "sigmoid"):
@@ -385,6 +393,7 @@ class AlignContrastiveHead(nn.Module):
         if not temperature_init > 0 or not min_temperature > 0:
             raise ValueError("temperature_init and min_temperature must be > 0")
         _resolve_tile(chunk_size, 1, 1, torch.device("cpu"))  # validates chunk_size early
+        check_backend(backend)
         self.loss_type = loss_type
         self.temperature_init = float(temperature_init)
         self.label_smoothing = float(label_smoothing)
@@ -394,6 +403,7 @@ class AlignContrastiveHead(nn.Module):
         self.min_temperature = float(min_temperature)
         self.sync_batch_sizes = sync_batch_sizes
         self.check_finite = check_finite
+        self.backend = backend
         self.temperature = nn.Parameter(
             torch.tensor(self.temperature_init), requires_grad=learnable_temperature
         )
@@ -459,7 +469,9 @@ class AlignContrastiveHead(nn.Module):
         if not distributed:
             tile = _resolve_tile(self.chunk_size, n, n, x.device)
             if self.loss_type == "softmax":
-                part = _softmax_partial(x, y, None, None, scale, self.label_smoothing, 0, tile)
+                part = _softmax_partial(
+                    x, y, None, None, scale, self.label_smoothing, 0, tile, self.backend
+                )
             else:
                 part = _sigmoid_partial(x, y, None, scale, bias.to(x.device), 0, tile)
             loss = part.loss_sum / n
@@ -487,7 +499,7 @@ class AlignContrastiveHead(nn.Module):
         tile = _resolve_tile(self.chunk_size, max(x.shape[0], 1), total, x.device)
         if self.loss_type == "softmax":
             part = _softmax_partial(
-                x, y, x_all, y_all, scale, self.label_smoothing, offset, tile
+                x, y, x_all, y_all, scale, self.label_smoothing, offset, tile, self.backend
             )
         else:
             part = _sigmoid_partial(x, y, y_all, scale, self.bias.to(x.device), offset, tile, group)

@@ -5,7 +5,8 @@ computed ``tile x tile`` blocks at a time, never holding the (N, M) logits.
   log-sum-exp, so it stores O(N) numbers;
 * backward recomputes each block from the embeddings and accumulates the embedding gradients.
 
-Peak memory is O(N d + tile^2). The tile loops are ``torch.library`` custom ops, so
+Peak memory is O(N d + tile^2). With ``backend="triton"`` (softmax loss) the per-tile work runs
+in the fused kernels of :mod:`.loss_triton`; the assembly around them is shared. The tile loops are ``torch.library`` custom ops, so
 ``torch.compile`` sees one opaque op (no unrolled loops) and autocast does not touch them;
 :class:`TiledCrossEntropy` is the autograd function over the two ops.
 
@@ -28,6 +29,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
+from . import loss_triton
 
 __all__ = ["TiledCrossEntropy", "accumulation_dtype"]
 
@@ -121,12 +124,15 @@ def _tiled_forward(
     columns: bool,
     label_offset: int,
     tile: int,
+    backend: str = "torch",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Per-row (and per-column) losses of S = scale * x y^T, row i labelled label_offset + i.
 
     Softmax: ``row_loss_i`` is PyTorch's label-smoothed cross entropy of row i of S;
     with ``columns`` (square S, offset 0) ``col_loss_j`` is that of column j. Sigmoid:
     ``row_loss_i = sum_j softplus(-z_ij (S_ij + bias))``; ``columns`` only adds ``col_max``.
+    ``backend``: ``"auto"``, ``"torch"`` (tile loop) or ``"triton"`` (softmax only), resolved
+    here at run time by :func:`.loss_triton.resolve_backend`.
 
     Returns ``(row_loss (n,), col_loss (m,|0), row_lse (n,|0), col_lse (m,|0), row_max (n,),
     col_max (m,|0), label_logits (n,))`` in fp32 (fp64 for fp64 inputs).
@@ -134,17 +140,37 @@ def _tiled_forward(
     # Autocast stays active inside custom ops; it would run the tile GEMMs in bf16.
     with torch.autocast(x.device.type, enabled=False):
         return _forward_tiles(
-            x, y, scale, bias, label_smoothing, sigmoid, columns, label_offset, tile
+            x, y, scale, bias, label_smoothing, sigmoid, columns, label_offset, tile, backend
         )
 
 
-def _forward_tiles(x, y, scale, bias, label_smoothing, sigmoid, columns, label_offset, tile):
-    n, m = x.shape[0], y.shape[0]
-    acc = accumulation_dtype(x.dtype)
+def _forward_tiles(
+    x, y, scale, bias, label_smoothing, sigmoid, columns, label_offset, tile, backend="torch"
+):
     xc, yc = _operand(x), _operand(y)
-    s = scale.to(acc)
+    s = scale.to(accumulation_dtype(x.dtype))
+    if loss_triton.resolve_backend(backend, x, sigmoid) == "triton":
+        # A launch covers 4 * tile rows (32768 with CUDA's 8192 tiles: 256 blocks of 128 rows,
+        # about two waves on an H100) and keeps a (4 * tile / 128, m) scratch of column partials.
+        row_stat, row_max, label_logits, col_max, col_sum = loss_triton.softmax_stats(
+            xc, yc, s, columns, label_offset, 4 * tile
+        )
+    else:
+        row_stat, row_max, label_logits, col_max, col_sum = _torch_stats(
+            xc, yc, s, bias, sigmoid, columns, label_offset, tile
+        )
+    return _assemble(
+        xc, yc, s, bias, row_stat, row_max, label_logits, col_max, col_sum,
+        label_smoothing, sigmoid, columns,
+    )
+
+
+def _torch_stats(xc, yc, s, bias, sigmoid, columns, label_offset, tile):
+    """The tile loop of the forward: ``(row_stat, row_max, label_logits, col_max, col_sum)``."""
+    n, m = xc.shape[0], yc.shape[0]
+    acc = s.dtype
     xs, tile_scale = _scaled_rows(xc, s)
-    opts = dict(dtype=acc, device=x.device)
+    opts = dict(dtype=acc, device=xc.device)
     row_stat = torch.zeros(n, **opts)  # softmax: log-sum-exp; sigmoid: sum of softplus
     row_max = torch.full((n,), -math.inf, **opts)
     label_logits = torch.zeros(n, **opts)
@@ -178,6 +204,17 @@ def _forward_tiles(x, y, scale, bias, label_smoothing, sigmoid, columns, label_o
                 r_max = new
         row_max[i0:i1] = r_max
         row_stat[i0:i1] = r_sum if sigmoid else r_max + r_sum.log()
+    return row_stat, row_max, label_logits, col_max, col_sum
+
+
+def _assemble(
+    xc, yc, s, bias, row_stat, row_max, label_logits, col_max, col_sum,
+    label_smoothing, sigmoid, columns,
+):
+    """The forward's outputs from the tile statistics (O(N d) work)."""
+    n, m = xc.shape[0], yc.shape[0]
+    acc = s.dtype
+    opts = dict(dtype=acc, device=xc.device)
     empty = lambda: torch.zeros(0, **opts)  # noqa: E731  (outputs must not alias each other)
     if sigmoid:
         # The positive pair's term is softplus(-u) = softplus(u) - u.
@@ -196,7 +233,7 @@ def _forward_tiles(x, y, scale, bias, label_smoothing, sigmoid, columns, label_o
 
 
 @_tiled_forward.register_fake
-def _(x, y, scale, bias, label_smoothing, sigmoid, columns, label_offset, tile):
+def _(x, y, scale, bias, label_smoothing, sigmoid, columns, label_offset, tile, backend="torch"):
     n, m = x.shape[0], y.shape[0]
     new = lambda k: x.new_empty((k,), dtype=accumulation_dtype(x.dtype))  # noqa: E731
     n_cols = m if columns else 0
@@ -220,6 +257,7 @@ def _tiled_backward(
     columns: bool,
     label_offset: int,
     tile: int,
+    backend: str = "torch",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of the forward's row/column losses, recomputing S tile by tile.
 
@@ -232,13 +270,13 @@ def _tiled_backward(
     with torch.autocast(x.device.type, enabled=False):
         return _backward_tiles(
             x, y, scale, bias, row_lse, col_lse, grad_row, grad_col,
-            label_smoothing, sigmoid, columns, label_offset, tile,
+            label_smoothing, sigmoid, columns, label_offset, tile, backend,
         )
 
 
 def _backward_tiles(
     x, y, scale, bias, row_lse, col_lse, grad_row, grad_col,
-    label_smoothing, sigmoid, columns, label_offset, tile,
+    label_smoothing, sigmoid, columns, label_offset, tile, backend="torch",
 ):
     n, m = x.shape[0], y.shape[0]
     acc = accumulation_dtype(x.dtype)
@@ -251,10 +289,23 @@ def _backward_tiles(
     gx = torch.zeros(n, x.shape[1], dtype=acc, device=x.device)
     gy = torch.zeros(m, y.shape[1], dtype=acc, device=x.device)
     gbias = torch.zeros((), dtype=acc, device=x.device)
+    fused = loss_triton.resolve_backend(backend, x, sigmoid) == "triton"
+    if fused:
+        # The kernel reads these as unit-stride vectors; autograd hands in expanded ones.
+        g_row, g_col = g_row.contiguous(), g_col.contiguous()
     for i0, i1 in _tile_ranges(n, tile):
         xi, xsi = xc[i0:i1], xs[i0:i1]
         for j0, j1 in _tile_ranges(m, tile):
             yj = yc[j0:j1]
+            if fused:
+                # One kernel: the tile GEMM and the softmax terms, G written in the operand dtype.
+                grad = loss_triton.softmax_grad_tile(
+                    xi, yj, s, row_lse[i0:i1], g_row[i0:i1],
+                    col_lse[j0:j1] if columns else None, g_col[j0:j1] if columns else None,
+                )
+                _addmm_(gx[i0:i1], grad, yj)
+                _addmm_(gy[j0:j1], grad.T, xi)
+                continue
             scores = _scaled(_mm(xsi, yj.T, acc), tile_scale)
             if sigmoid:
                 grad = scores.add_(bias.to(acc)).sigmoid_().mul_(g_row[i0:i1, None])
@@ -294,7 +345,7 @@ def _backward_tiles(
 
 @_tiled_backward.register_fake
 def _(x, y, scale, bias, row_lse, col_lse, grad_row, grad_col, label_smoothing, sigmoid,
-      columns, label_offset, tile):
+      columns, label_offset, tile, backend="torch"):
     acc = accumulation_dtype(x.dtype)
     return torch.empty_like(x), torch.empty_like(y), torch.empty_like(scale), x.new_empty((), dtype=acc)
 
@@ -302,21 +353,25 @@ def _(x, y, scale, bias, row_lse, col_lse, grad_row, grad_col, label_smoothing, 
 class TiledCrossEntropy(torch.autograd.Function):
     """Per-row/column contrastive losses of S = scale * x y^T without storing S.
 
-    ``apply(x, y, scale, bias, label_smoothing, sigmoid, columns, label_offset, tile)`` returns
+    ``apply(x, y, scale, bias, label_smoothing, sigmoid, columns, label_offset, tile, backend)``
+    returns
     ``(row_loss, col_loss, row_max, col_max, label_logits)`` as described in
     :func:`_tiled_forward`; the losses are differentiable w.r.t. x, y, scale and bias (sigmoid),
     the rest are not. Gradients come back in the inputs' dtypes, summed in fp32 (fp64).
     """
 
     @staticmethod
-    def forward(ctx, x, y, scale, bias, label_smoothing, sigmoid, columns, label_offset, tile):
+    def forward(
+        ctx, x, y, scale, bias, label_smoothing, sigmoid, columns, label_offset, tile,
+        backend="torch",
+    ):
         row_loss, col_loss, row_lse, col_lse, row_max, col_max, labels = (
             torch.ops.align_hf.tiled_cross_entropy_forward(
-                x, y, scale, bias, label_smoothing, sigmoid, columns, label_offset, tile
+                x, y, scale, bias, label_smoothing, sigmoid, columns, label_offset, tile, backend
             )
         )
         ctx.save_for_backward(x, y, scale, bias, row_lse, col_lse)
-        ctx.config = (label_smoothing, sigmoid, columns, label_offset, tile)
+        ctx.config = (label_smoothing, sigmoid, columns, label_offset, tile, backend)
         ctx.mark_non_differentiable(row_max, col_max, labels)
         return row_loss, col_loss, row_max, col_max, labels
 
@@ -327,4 +382,4 @@ class TiledCrossEntropy(torch.autograd.Function):
             x, y, scale, bias, row_lse, col_lse, grad_row, grad_col, *ctx.config
         )
         gbias = gbias.to(bias.dtype) if bias is not None else None
-        return gx, gy, gscale, gbias, None, None, None, None, None
+        return gx, gy, gscale, gbias, None, None, None, None, None, None

@@ -127,7 +127,21 @@ class AlignVisionModel(AlignPreTrainedModel):
     def __init__(self, config: AlignVisionConfig):
         super().__init__(config)
         self.backbone, self.embed_dim = build_image_backbone(config)
+        # The fast path (align_hf.fast_blocks): channels-last activations, for which oneDNN runs
+        # EfficientNet's convolutions several times faster (the input is converted once, the outputs
+        # are returned contiguous), and BatchNorm folded into the convolutions in eval mode.
+        self.fast_path = True
+        self.channels_last = True
         self.post_init()
+
+    def set_fast_path(self, enabled: bool = True) -> "AlignVisionModel":
+        """Use the fast forwards (default) or timm's plain ones, which repeat transformers'
+        AlignModel op for op (bitwise equal features; the fast path agrees to float rounding)."""
+        from .fast_blocks import set_fast_path
+
+        self.fast_path = bool(enabled)
+        set_fast_path(self.backbone, enabled)
+        return self
 
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs):
         self.backbone.set_grad_checkpointing(enable)
@@ -150,10 +164,14 @@ class AlignVisionModel(AlignPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
+        if self.fast_path and self.channels_last:
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         hidden_states = None
         if output_hidden_states:
-            hidden_states = tuple(self.backbone.forward_intermediates(pixel_values, intermediates_only=True))
-        features = self.backbone.forward_features(pixel_values)
+            hidden_states = tuple(
+                h.contiguous() for h in self.backbone.forward_intermediates(pixel_values, intermediates_only=True)
+            )
+        features = self.backbone.forward_features(pixel_values).contiguous()
         if self.config.pooling == "avg":
             pooled = features.mean(dim=(2, 3))
         else:
@@ -370,6 +388,11 @@ class AlignModel(AlignPreTrainedModel):
             self, repo_id, processor=processor, metrics=metrics, tags=tags, max_shard_size=max_shard_size, **options
         )
 
+    def set_fast_path(self, enabled: bool = True) -> "AlignModel":
+        """See :meth:`AlignVisionModel.set_fast_path`; on by default."""
+        self.vision_model.set_fast_path(enabled)
+        return self
+
     def compile_towers(self, vision: bool = True, text: bool = True, **compile_kwargs) -> "AlignModel":
         """``torch.compile`` the towers in place (state-dict keys unchanged).
 
@@ -383,15 +406,17 @@ class AlignModel(AlignPreTrainedModel):
             self.text_model.transformer.compile(**{"dynamic": True, **compile_kwargs})
         return self
 
-    def for_inference(self, channels_last: bool = True) -> "AlignModel":
+    def for_inference(self, channels_last: bool = True, copy: bool = True) -> "AlignModel":
         """A copy for embedding and search: BatchNorm folded into the convolutions, eval mode,
-        channels-last image tower. Same outputs (to float rounding); it cannot be trained or saved."""
-        import copy
+        channels-last image tower. Same outputs (to float rounding); it cannot be trained or saved.
+        ``copy=False`` folds this model in place instead (no second copy of the weights in memory)."""
+        import copy as copying
 
         from .batchnorm_folding import fold_batchnorm
 
-        model = copy.deepcopy(self).eval()
+        model = (copying.deepcopy(self) if copy else self).eval()
         fold_batchnorm(model.vision_model.backbone)
+        model.vision_model.channels_last = channels_last
         if channels_last:
             model.vision_model.to(memory_format=torch.channels_last)
         model._inference_only = True

@@ -3,10 +3,13 @@
 Every (method, N) point runs in a fresh process so that peak memory is that point's alone.
 "naive" is the formula of transformers' ``align_loss``: the full (N, N) logits and two
 ``cross_entropy(..., label_smoothing=0.1)`` calls (SigLIP's formula for ``--loss sigmoid``).
+"tiled" is the head's torch tile loop (``backend="torch"``), "triton" its Triton kernels
+(``backend="triton"``, softmax loss, CUDA; a column by default where it can run).
 
     python benchmarks/bench_loss.py                      # CPU, fp32, N = 1024 ... 65536
     python benchmarks/bench_loss.py --sizes 1024 4096    # a quick look
-    python benchmarks/bench_loss.py --device cuda        # bf16, N up to 262144
+    python benchmarks/bench_loss.py --device cuda        # bf16, N up to 262144, + triton
+    python benchmarks/bench_loss.py --device cuda --methods naive triton --sizes 65536
 
 Extra memory is the peak above what the process held just before the step (inputs included in
 the base): peak RSS on CPU (``/proc/self/status`` VmHWM after a reset), the CUDA caching
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import time
 
+METHODS = ("naive", "tiled", "triton")
 CPU_SIZES = [1024, 4096, 16384, 32768, 65536]
 CUDA_SIZES = [1024, 4096, 16384, 32768, 65536, 131072, 262144]
 # Naive peak is about 6.4 fp32 N x N matrices (measured: 6.9 GB at N = 16384 on CPU).
@@ -59,8 +63,11 @@ def _make_step(method: str, loss: str, n: int, d: int, device: str, dtype, chunk
     labels = torch.arange(n, device=device)
 
     def step():
-        if method == "tiled" and loss == "softmax":
-            value = contrastive_loss(x, y, t, label_smoothing=0.1, chunk_size=chunk_size)
+        if method in ("tiled", "triton") and loss == "softmax":
+            backend = "torch" if method == "tiled" else "triton"
+            value = contrastive_loss(
+                x, y, t, label_smoothing=0.1, chunk_size=chunk_size, backend=backend
+            )
         elif method == "tiled":
             value = sigmoid_loss(x, y, t, b, chunk_size=chunk_size)
         elif loss == "softmax":
@@ -143,8 +150,30 @@ def _spawn(args, method: str, n: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _memory_ratio(ratio) -> str:
+    if not ratio:
+        return "-"
+    return f"1/{1 / ratio:.0f}" if ratio < 0.5 else f"{ratio:.2f}x"
+
+
 def _fmt(value, spec):
     return format(value, spec) if isinstance(value, (int, float)) else value
+
+
+def _methods(args) -> list[str]:
+    """The columns: ``--methods``, else naive + tiled (+ triton for softmax on CUDA)."""
+    if args.methods:
+        methods = list(dict.fromkeys(args.methods))
+    else:
+        methods = ["naive", "tiled"]
+        if args.device == "cuda" and args.loss == "softmax":
+            from align_hf.loss_triton import triton_available
+
+            if triton_available():
+                methods.append("triton")
+    if args.skip_naive and "naive" in methods:
+        methods.remove("naive")
+    return methods
 
 
 def main(argv=None) -> int:
@@ -157,9 +186,13 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk-size", type=int, default=None, help="tile edge (default: auto)")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps for N <= 8192")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS,
+        help="columns to measure (default: naive tiled, plus triton where it can run)",
+    )
     parser.add_argument("--skip-naive", action="store_true", help="time only the tiled head (tile-size sweeps)")
     parser.add_argument("--output", help="also write the results as JSON here")
-    parser.add_argument("--worker", choices=["naive", "tiled"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -180,41 +213,54 @@ def main(argv=None) -> int:
         f"# {args.loss} loss, forward+backward, d={args.dim}, {args.dtype}, {where}, "
         f"torch {torch.__version__}, chunk_size={args.chunk_size or 'auto'}"
     )
+    methods = _methods(args)
     element = 2 if args.dtype in ("bfloat16", "float16") and args.device == "cuda" else 4
     available = _available_bytes(args.device)
-    rows = []
+    fast = [m for m in methods if m != "naive"]
     header = (
-        f"{'N':>7} | {'naive s':>8} | {'tiled s':>8} | {'time ratio':>10} | "
-        f"{'naive MiB':>9} | {'tiled MiB':>9} | {'memory ratio':>12}"
+        f"{'N':>7} | " + " | ".join(f"{m + ' s':>8}" for m in methods)
+        + "".join(f" | {m + '/naive':>12}" for m in fast if "naive" in methods)
+        + "".join(f" | {m + ' MiB':>10}" for m in methods)
+        + "".join(f" | {m + ' mem':>10}" for m in fast if "naive" in methods)
     )
     print(header)
     print("-" * len(header))
+    rows = []
     for n in sizes:
-        if args.skip_naive:
-            naive = {"error": "skipped: --skip-naive"}
-        elif NAIVE_SQUARES * n * n * element > 0.8 * available:
-            naive = {"error": "skipped: does not fit"}
-        else:
-            naive = _spawn(args, "naive", n)
-        tiled = _spawn(args, "tiled", n)
-        row = {"n": n, "naive": naive, "tiled": tiled}
-        if "seconds" in naive and "seconds" in tiled:
-            row["time_ratio"] = tiled["seconds"] / naive["seconds"]
-            row["memory_ratio"] = tiled["extra_mib"] / naive["extra_mib"]
+        row = {"n": n}
+        for method in methods:
+            if method == "naive" and NAIVE_SQUARES * n * n * element > 0.8 * available:
+                row[method] = {"error": "skipped: does not fit"}
+            else:
+                row[method] = _spawn(args, method, n)
+        naive = row.get("naive", {})
+        for method in fast:
+            if "seconds" in naive and "seconds" in row[method]:
+                # Keys of the tiled column keep their earlier names (time_ratio, memory_ratio).
+                prefix = "" if method == "tiled" else method + "_"
+                row[prefix + "time_ratio"] = row[method]["seconds"] / naive["seconds"]
+                row[prefix + "memory_ratio"] = row[method]["extra_mib"] / naive["extra_mib"]
         rows.append(row)
-        print(
-            f"{n:>7} | {_fmt(naive.get('seconds', '-'), '8.3f'):>8} | "
-            f"{_fmt(tiled.get('seconds', tiled.get('error', '-')), '8.3f'):>8} | "
-            f"{_fmt(row.get('time_ratio', '-'), '9.2f') + ('x' if 'time_ratio' in row else ''):>10} | "
-            f"{_fmt(naive.get('extra_mib', '-'), '9.0f'):>9} | "
-            f"{_fmt(tiled.get('extra_mib', '-'), '9.0f'):>9} | "
-            f"{('1/' + format(1 / row['memory_ratio'], '.0f')) if 'memory_ratio' in row else '-':>12}",
-            flush=True,
-        )
-    skipped = [r["n"] for r in rows if "error" in r["naive"]]
+        cells = [f"{n:>7}"]
+        cells += [f"{_fmt(row[m].get('seconds', '-'), '8.3f'):>8}" for m in methods]
+        for m in fast if "naive" in methods else []:
+            ratio = row.get(("" if m == "tiled" else m + "_") + "time_ratio")
+            cells.append(f"{_fmt(ratio, '11.2f') + 'x' if ratio is not None else '-':>12}")
+        cells += [f"{_fmt(row[m].get('extra_mib', '-'), '10.0f'):>10}" for m in methods]
+        for m in fast if "naive" in methods else []:
+            ratio = row.get(("" if m == "tiled" else m + "_") + "memory_ratio")
+            cells.append(f"{_memory_ratio(ratio):>10}")
+        print(" | ".join(cells), flush=True)
+        for m in methods:
+            if "error" in row[m] and not row[m]["error"].startswith("skipped"):
+                print(f"  {m} failed at N={n}: {row[m]['error']}", flush=True)
+    skipped = [r["n"] for r in rows if "error" in r.get("naive", {})]
     if skipped:
-        print(f"naive not run for N = {skipped}: {rows[-1]['naive']['error']}")
-    print("time ratio = tiled / naive (lower is better); memory ratio = tiled extra / naive extra")
+        print(f"naive not run for N = {skipped}: does not fit")
+    print(
+        "time ratio = method / naive (lower is better); mem = method extra / naive extra; "
+        "tiled = torch tile loop, triton = fused Triton kernels"
+    )
     if args.output:
         with open(args.output, "w") as f:
             json.dump({"args": vars(args), "rows": rows}, f, indent=2)

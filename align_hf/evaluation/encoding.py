@@ -27,6 +27,36 @@ def _model_device(model: torch.nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
+def prepare_for_embedding(
+    model: torch.nn.Module,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    channels_last: bool = True,
+    copy: bool = True,
+) -> torch.nn.Module:
+    """An inference-ready model for embedding: BatchNorm folded into the convolutions, eval mode,
+    channels-last image tower, optionally moved to ``device`` and cast to ``dtype`` (e.g. bf16).
+
+    Gives the same embeddings as ``model.eval()`` to float rounding. An align_hf ``AlignModel`` is
+    prepared with :meth:`~align_hf.modeling_align.AlignModel.for_inference` (on a copy unless
+    ``copy=False``, which folds in place and leaves the original untrainable); a model that is
+    already prepared is returned as is (moved/cast if asked); any other model is moved, cast and
+    put in eval mode.
+    """
+    if getattr(model, "_inference_only", False):
+        prepared = model
+    elif hasattr(model, "for_inference"):
+        prepared = model.for_inference(channels_last=channels_last, copy=copy)
+    else:
+        prepared = model.eval()
+    if device is not None or dtype is not None:
+        prepared = prepared.to(device=device, dtype=dtype)
+    if channels_last and hasattr(prepared, "vision_model"):
+        # .to(device) keeps the memory format, but a model prepared without it gets it here.
+        prepared.vision_model.to(memory_format=torch.channels_last)
+    return prepared.eval()
+
+
 def _batched(items: Iterable[Any], batch_size: int) -> Iterator[list[Any]]:
     batch: list[Any] = []
     for item in items:

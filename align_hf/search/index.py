@@ -124,7 +124,7 @@ def _digest(items: Iterable[str]) -> str:
 class CrossModalIndex:
     """Image and/or text collections embedded by one model, with that model's signature."""
 
-    def __init__(self, collections: dict[str, VectorCollection], signature: dict[str, Any]) -> None:
+    def __init__(self, collections: dict[str, Any], signature: dict[str, Any]) -> None:
         if not collections:
             raise ValueError("an index needs at least one collection")
         for kind, coll in collections.items():
@@ -143,7 +143,7 @@ class CrossModalIndex:
     def dim(self) -> int:
         return int(self.signature["embedding_dim"])
 
-    def __getitem__(self, kind: str) -> VectorCollection:
+    def __getitem__(self, kind: str) -> Any:
         if kind not in self.collections:
             raise KeyError(f"this index has no {kind} collection (it has: {', '.join(self.collections)})")
         return self.collections[kind]
@@ -170,7 +170,12 @@ class CrossModalIndex:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, mmap: bool = True) -> "CrossModalIndex":
-        """Read an index directory; FAISS indexes and embeddings are memory-mapped by default."""
+        """Read an index directory; FAISS indexes and embeddings are memory-mapped by default.
+
+        Also opens a sharded index built from an embedding folder (``layout: "sharded"`` in the
+        manifest, see :mod:`align_hf.search.sharded`): its collections are
+        :class:`~align_hf.search.sharded_search.ShardedCollection` s with the same ``search``.
+        """
         directory = Path(directory)
         manifest_path = directory / "manifest.json"
         if not manifest_path.is_file():
@@ -178,12 +183,23 @@ class CrossModalIndex:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         if manifest.get("format") != FORMAT:
             raise ValueError(f"{manifest_path} is not an align_hf index manifest")
-        if manifest.get("version", 0) > FORMAT_VERSION:
-            raise ValueError(f"index format version {manifest['version']} is newer than this align_hf supports")
-        collections = {
-            kind: VectorCollection.load(directory, kind, info, mmap=mmap)
-            for kind, info in manifest["collections"].items()
-        }
+        if manifest.get("layout") == "sharded":  # built from an embedding folder (align_hf.search.sharded)
+            from align_hf.search.sharded import SHARDED_VERSION
+            from align_hf.search.sharded_search import load_collection, resolve_embeddings
+
+            if manifest.get("version", 0) > SHARDED_VERSION:
+                raise ValueError(f"index format version {manifest['version']} is newer than this align_hf supports")
+            emb_dir = resolve_embeddings(directory, manifest)
+            collections = {
+                kind: load_collection(directory, kind, info, emb_dir) for kind, info in manifest["collections"].items()
+            }
+        else:
+            if manifest.get("version", 0) > FORMAT_VERSION:
+                raise ValueError(f"index format version {manifest['version']} is newer than this align_hf supports")
+            collections = {
+                kind: VectorCollection.load(directory, kind, info, mmap=mmap)
+                for kind, info in manifest["collections"].items()
+            }
         signature = {k: manifest[k] for k in ("model_id", "embedding_dim", "probe_embedding")}
         return cls(collections, signature)
 

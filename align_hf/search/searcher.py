@@ -127,6 +127,31 @@ class Searcher:
         )
         return collection.search(query, k)[0]
 
+    def search_vector(self, query: np.ndarray | torch.Tensor, target: str | None = None, k: int = 10) -> list[Hit]:
+        """Search with a ready ``(D,)`` unit embedding (e.g. from :func:`compose_query`)."""
+        target = target or ("image" if "image" in self.index else "text")
+        return self.index[target].search(query, k)[0]
+
+    def set_search_params(self, target: str | None = None, **params: Any) -> None:
+        """Query-time knobs of one collection (default: all): ``nprobe``, ``ef_search``, and for
+        sharded indexes ``rerank`` (exact re-ranking factor for PQ)."""
+        from align_hf.search.faiss_index import set_search_params
+
+        for kind in [target] if target else list(self.index.collections):
+            collection = self.index[kind]
+            if hasattr(collection, "set_search_params"):
+                collection.set_search_params(**params)
+            else:
+                from align_hf.search.faiss_index import faiss
+
+                is_ivf = faiss.try_extract_index_ivf(collection.index) is not None
+                is_hnsw = hasattr(faiss.downcast_index(collection.index), "hnsw")
+                set_search_params(
+                    collection.index,
+                    ef_search=params.get("ef_search") if is_hnsw else None,
+                    nprobe=params.get("nprobe") if is_ivf else None,
+                )
+
     def text_to_image(self, text: str, k: int = 10) -> list[Hit]:
         return self.search(text=text, target="image", k=k)
 

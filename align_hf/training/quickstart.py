@@ -51,11 +51,12 @@ class QuickstartRecipe:
     vision_timm_kwargs: str = "{}"
     filter: str = "small"
     seed: int = 0
-    # Safety net for the 10-minute target on slow machines: training stops after this many seconds,
-    # with the learning rate decayed on the clock (see AlignTrainingArguments.max_train_seconds).
-    # Set above the time the default steps take on two cores (README), so there the steps drive
-    # the schedule.
-    max_train_seconds: float = 520.0
+    # Decode the training JPEGs once into memory (align_hf.data.decoded) instead of on every read.
+    decode_once: bool = True
+    # Off (0) by default: every run trains all `steps`, so quality does not depend on the machine's
+    # speed. A positive value stops training after that many seconds, with the learning rate decayed
+    # on the clock (AlignTrainingArguments.max_train_seconds): a shorter run, and a worse model.
+    max_train_seconds: float = 0.0
     # SyntheticConfig fields that differ from the data module's defaults (as a JSON object). Mostly
     # single objects, and most of their captions without position or background: a batch then holds
     # many captions that differ only in shape, so the loss cannot be lowered without learning shape.
@@ -140,7 +141,9 @@ def train_on_corpus(
 
     from align_hf.data import load_manifest
     from align_hf.data.pipeline import build_train_stream
-    from align_hf.data.transforms import LEFT_RIGHT_SWAP
+    from align_hf.data.decoded import decode_once
+    from align_hf.data.sources import load_pairs
+    from align_hf.data.transforms import LEFT_RIGHT_SWAP, ImageTransform
     from align_hf.training.arguments import AlignTrainingArguments, DataArguments, ModelArguments
     from align_hf.training.factories import build_eval_sets, build_filter, build_model_and_processor
     from align_hf.training.reporting import final_metrics
@@ -162,8 +165,14 @@ def train_on_corpus(
     )
     train_source = os.path.join(corpus, "train")
     align_filter = build_filter(recipe.filter, train_source, manifest["config"]["image_size"], progress)
-    train_dataset = build_train_stream(train_source, processor.image_processor, recipe.seed, filter=align_filter,
-                                       flip_swap=LEFT_RIGHT_SWAP)
+    transform = ImageTransform.from_image_processor(processor.image_processor, train=True, seed=recipe.seed)
+    if recipe.decode_once:
+        # The corpus fits in memory: decode each JPEG once instead of once per epoch on the training thread.
+        train_dataset = decode_once(load_pairs(train_source), transform, filter=align_filter, flip_swap=LEFT_RIGHT_SWAP,
+                                    seed=recipe.seed, progress=progress)
+    else:
+        train_dataset = build_train_stream(train_source, seed=recipe.seed, filter=align_filter, flip_swap=LEFT_RIGHT_SWAP,
+                                           transform=transform)
     eval_sets = build_eval_sets(DataArguments(), manifest, corpus)
     args = AlignTrainingArguments(
         output_dir=output_dir,
@@ -253,7 +262,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
                                                       eval_every=args.eval_every)
     print(f"[3/4] held-out evaluation done ({train_seconds:.0f} s of training)")
     result = headline(metrics, train_seconds)
-    stats = trainer.data_stats().as_dict()
+    stats = (trainer.data_stats() or trainer.train_dataset.stats).as_dict()
     print("[4/4] saving")
     model_dir = trainer.save_hub_folder(os.path.join(out, "model"),
                                         metrics={"synthetic-heldout": {k: v for k, v in result.items() if k != "train_seconds"}},

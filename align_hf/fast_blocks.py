@@ -1,0 +1,305 @@
+"""Faster forward passes for the image tower's EfficientNet blocks: same modules, same weights,
+same state-dict keys, same results to float rounding.
+
+Where the time goes on CPU (eager PyTorch, fp32) and what is done about it:
+
+- Training: oneDNN runs the convolutions several times faster on channels-last activations (the
+  tower converts its input, see :class:`~align_hf.modeling_align.AlignVisionModel`); an in-place
+  SiLU after BatchNorm makes autograd keep a copy of its input, so SiLU runs out of place while
+  gradients are recorded; and oneDNN has no fast kernel for the weight gradient of a 5x5
+  depthwise convolution (10-50x slower than the 3x3 one), so that gradient is assembled from
+  four 3x3 ones (:class:`DepthwiseConv5x5`).
+- Inference (BatchNorm in eval mode): BatchNorm is folded into the convolution before it on the
+  fly (cached while the weights and statistics are unchanged, and only when no gradient is
+  needed), and on CPU the convolution, its activation and the residual add run as one oneDNN
+  call (``torch.ops.mkldnn._convolution_pointwise``).
+
+:func:`accelerate_backbone` switches a timm EfficientNet to these forwards in place; blocks of a
+kind it does not know keep timm's forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:  # timm's block classes; the module moved between timm versions
+    from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
+    from timm.models.efficientnet import EfficientNet
+except ImportError:  # pragma: no cover - guards a timm refactor
+    DepthwiseSeparableConv = InvertedResidual = EfficientNet = None
+
+_BatchNorm = nn.modules.batchnorm._BatchNorm
+
+# oneDNN post-op names of the activations that can ride along with a convolution.
+_UNARY = {nn.Identity: "none", nn.SiLU: "swish", nn.ReLU: "relu"}
+
+
+def _act_of(norm: nn.Module) -> nn.Module:
+    """The activation a (timm) norm layer applies after normalising, or the module itself when
+    BatchNorm was folded away and only the activation is left."""
+    if isinstance(norm, _BatchNorm):
+        return getattr(norm, "act", None) or nn.Identity()
+    return norm
+
+
+def _unary_name(act: nn.Module) -> str | None:
+    return _UNARY.get(type(act))
+
+
+def _conv_padding(conv: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]] | None:
+    """``(input, symmetric padding)`` to run ``conv`` with ``F.conv2d``, or None for convolutions of
+    another kind (timm's dynamic 'same' padding, non-zero padding modes)."""
+    from .image_backbone import KerasPadConv2d
+
+    if type(conv) is KerasPadConv2d:
+        left, right, top, bottom = conv.fixed_padding
+        if left == right and top == bottom:  # symmetric: the convolution pads, no copy of x
+            return x, (top, left)
+        return F.pad(x, conv.fixed_padding), (0, 0)
+    if type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
+        return x, tuple(conv.padding)
+    return None
+
+
+class DepthwiseConv5x5(torch.autograd.Function):
+    """A depthwise 5x5 convolution whose weight gradient is built from four 3x3 ones.
+
+    ``dW[c, i, j] = sum_{n,h,w} g[n,c,h,w] * x_pad[n,c,s*h+i,s*w+j]``; the 3x3 gradient of the
+    window of ``x_pad`` starting at ``(a, b)`` gives the entries ``i in a..a+2, j in b..b+2``, so
+    the offsets ``{0, 2}^2`` cover all 25 (the overlaps are computed twice, identically).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride: tuple[int, int], padding: tuple[int, int]):
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, bias is not None)
+        return F.conv2d(x, weight, bias, stride, padding, 1, weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, padding, has_bias = ctx.conv
+        groups = weight.shape[0]
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        grad = grad.contiguous(memory_format=fmt)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, list(stride), list(padding), [1, 1], False, [0, 0], groups, [True, False, False]
+            )[0]
+        if ctx.needs_input_grad[1]:
+            ph, pw = padding
+            padded = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+            out_h, out_w = grad.shape[2], grad.shape[3]
+            span_h, span_w = stride[0] * (out_h - 1) + 3, stride[1] * (out_w - 1) + 3
+            piece = weight.new_empty(groups, 1, 3, 3).contiguous(memory_format=fmt)
+            grad_w = weight.new_empty(weight.shape)
+            for a in (0, 2):
+                for b in (0, 2):
+                    window = padded[:, :, a : a + span_h, b : b + span_w].contiguous(memory_format=fmt)
+                    grad_w[:, :, a : a + 3, b : b + 3] = torch.ops.aten.convolution_backward(
+                        grad, window, piece, None, list(stride), [0, 0], [1, 1], False, [0, 0], groups,
+                        [False, True, False],
+                    )[1]
+        if has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None
+
+
+def _run_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``, with the 5x5 depthwise weight gradient of :class:`DepthwiseConv5x5` on CPU."""
+    prepared = _conv_padding(conv, x)
+    if prepared is None:
+        return conv(x)
+    x, padding = prepared
+    if (
+        conv.kernel_size == (5, 5)
+        and conv.groups == conv.in_channels == conv.out_channels
+        and conv.dilation == (1, 1)
+        and x.device.type == "cpu"
+        and not _tracing()
+        and torch.is_grad_enabled()
+        and conv.weight.requires_grad
+    ):
+        return DepthwiseConv5x5.apply(x, conv.weight, conv.bias, conv.stride, padding)
+    return F.conv2d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
+
+
+def _fold_key(conv: nn.Conv2d, bn: _BatchNorm) -> tuple:
+    tensors = [conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var]
+    return tuple((t.data_ptr(), t._version, t.dtype) if t is not None else None for t in tensors) + (bn.eps,)
+
+
+def _folded_weights(conv: nn.Conv2d, bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight ``(O, I, kh, kw)`` and bias ``(O,)`` of ``conv`` followed by eval-mode ``bn``, folded
+    in fp32 and cast back; cached on ``conv`` while no gradient is recorded."""
+    cache = not torch.is_grad_enabled() and not _tracing()
+    if cache:
+        try:
+            key = _fold_key(conv, bn)
+        except RuntimeError:  # inference tensors have no version counter: no caching
+            key, cache = None, False
+        hit = getattr(conv, "_align_folded", None)
+        if hit is not None and hit[0] == key:
+            return hit[1], hit[2]
+    weight = conv.weight
+    scale = torch.rsqrt(bn.running_var.float() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.float()
+    shift = -bn.running_mean.float() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.float()
+    if conv.bias is not None:
+        shift = shift + conv.bias.float() * scale
+    folded_w = (weight.float() * scale.reshape(-1, 1, 1, 1)).to(weight.dtype)
+    folded_b = shift.to(weight.dtype)
+    if cache:
+        # A plain attribute, not a buffer: never saved, recomputed after any weight update.
+        object.__setattr__(conv, "_align_folded", (key, folded_w, folded_b))
+    return folded_w, folded_b
+
+
+def _tracing() -> bool:
+    """True under torch.compile, torch.jit tracing and ONNX/torch.export: plain ops only there."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    if _tracing() or x.device.type != "cpu" or not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return False  # the fused op has no backward
+    if x.dtype == torch.bfloat16:
+        return weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return x.dtype == torch.float32 and weight.dtype == torch.float32
+
+
+def conv_bn_act(
+    conv: nn.Module,
+    norm: nn.Module,
+    x: torch.Tensor,
+    residual: torch.Tensor | None = None,
+    drop_path: nn.Module | None = None,
+) -> torch.Tensor:
+    """``norm(conv(x))`` (``norm`` a timm BatchNormAct2d, a BatchNorm, or the activation left by
+    :func:`~align_hf.batchnorm_folding.fold_batchnorm`), plus ``drop_path(.) + residual`` when a
+    residual is given. ``x``: ``(B, C, H, W)``, best channels-last."""
+    is_bn = isinstance(norm, _BatchNorm)
+    foldable = (not is_bn) or (
+        not norm.training and norm.running_mean is not None and isinstance(getattr(norm, "drop", None), (nn.Identity, type(None)))
+    )
+    prepared = _conv_padding(conv, x) if foldable else None
+    if prepared is None:  # training BatchNorm, or a convolution of another kind
+        out = norm(_run_conv(conv, x))
+        if residual is not None:
+            out = (drop_path(out) if drop_path is not None else out) + residual
+        return out
+    inp, padding = prepared
+    if is_bn:
+        weight, bias = _folded_weights(conv, norm)
+    else:
+        weight, bias = conv.weight, conv.bias
+    act = _act_of(norm)
+    unary = _unary_name(act)
+    if unary is not None and _onednn_ok(inp, weight):
+        args = (list(padding), list(conv.stride), list(conv.dilation), conv.groups)
+        if residual is None:
+            return torch.ops.mkldnn._convolution_pointwise(inp, weight, bias, *args, unary, [], "")
+        if unary == "none" and residual.shape[1] == weight.shape[0]:
+            residual = residual.contiguous(memory_format=torch.channels_last) if inp.is_contiguous(
+                memory_format=torch.channels_last) else residual.contiguous()
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                inp, residual, weight, bias, *args, "add", None, None, [], None
+            )
+    out = act(F.conv2d(inp, weight, bias, conv.stride, padding, conv.dilation, conv.groups))
+    if residual is not None:
+        out = (drop_path(out) if drop_path is not None else out) + residual
+    return out
+
+
+if EfficientNet is not None:
+
+    class FastDepthwiseSeparableConv(DepthwiseSeparableConv):
+        """timm's block with :func:`conv_bn_act`; timm's own forward when ``align_fast_path`` is False."""
+
+        align_fast_path = True
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not self.align_fast_path:
+                return super().forward(x)
+            shortcut = x
+            x = conv_bn_act(self.conv_dw, self.bn1, x)
+            x = self.se(self.aa(x))
+            residual = shortcut if self.has_skip else None
+            return conv_bn_act(self.conv_pw, self.bn2, x, residual=residual, drop_path=self.drop_path)
+
+    class FastInvertedResidual(InvertedResidual):
+        """timm's block with :func:`conv_bn_act`; timm's own forward when ``align_fast_path`` is False."""
+
+        align_fast_path = True
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not self.align_fast_path:
+                return super().forward(x)
+            shortcut = x
+            x = conv_bn_act(self.conv_pw, self.bn1, x)
+            x = conv_bn_act(self.conv_dw, self.bn2, x)
+            x = self.se(self.aa(x))
+            residual = shortcut if self.has_skip else None
+            return conv_bn_act(self.conv_pwl, self.bn3, x, residual=residual, drop_path=self.drop_path)
+
+    class FastEfficientNet(EfficientNet):
+        """timm's EfficientNet whose stem (and head conv, if kept) use :func:`conv_bn_act`."""
+
+        align_fast_path = True
+
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            if not self.align_fast_path:
+                return super().forward_features(x)
+            from timm.models._manipulate import checkpoint_seq
+
+            x = conv_bn_act(self.conv_stem, self.bn1, x)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(self.blocks, x, flatten=True)
+            else:
+                x = self.blocks(x)
+            if isinstance(self.conv_head, nn.Conv2d):
+                return conv_bn_act(self.conv_head, self.bn2, x)
+            return self.bn2(self.conv_head(x))
+
+
+def set_fast_path(backbone: nn.Module, enabled: bool) -> None:
+    """Turn the fast forwards of an accelerated backbone on or off (off: timm's forwards, which
+    reproduce transformers' AlignModel op for op)."""
+    for module in backbone.modules():
+        if "align_fast_path" in type(module).__dict__:
+            module.align_fast_path = bool(enabled)
+
+
+def accelerate_backbone(backbone: nn.Module) -> int:
+    """Switch a timm EfficientNet's stem and blocks to the fast forwards in place (modules,
+    parameters and state-dict keys unchanged); returns how many modules were switched."""
+    if EfficientNet is None:  # pragma: no cover
+        return 0
+    switched = 0
+    for module in backbone.modules():
+        if isinstance(module, _BatchNorm) and isinstance(getattr(module, "act", None), nn.SiLU):
+            module.act.inplace = False  # see the module docstring: in-place SiLU costs a copy under autograd
+        if getattr(module, "conv_s2d", None) is not None:
+            continue  # space-to-depth stems are left to timm
+        # Swapping the class keeps the instance (modules, parameters, hooks); only the forward changes.
+        if type(module) is DepthwiseSeparableConv:
+            module.__class__ = FastDepthwiseSeparableConv
+            switched += 1
+        elif type(module) is InvertedResidual:
+            module.__class__ = FastInvertedResidual
+            switched += 1
+    if type(backbone) is EfficientNet:
+        backbone.__class__ = FastEfficientNet
+        switched += 1
+    return switched
+
+
+__all__ = ["accelerate_backbone", "set_fast_path", "conv_bn_act", "DepthwiseConv5x5"]

@@ -1,0 +1,204 @@
+"""Image embedding throughput, files to vectors, side by side in one run (not a test).
+
+    (a) transformers' AlignModel in a plain loop: open each file, processor, ``get_image_features``
+    (b) today's ``align-hf index build`` (``open_images`` + ``CrossModalIndex.build``, flat index)
+    (c) ``align-hf index embed`` on Ray Data: a local Ray (started once, its start-up timed apart)
+        with read tasks decoding and an embedding actor pool
+    plus, for reference, the same embedding folder written by one process (``--no-ray``).
+
+Same weights everywhere (EfficientNet-B0 widths, 4-layer BERT 256 wide, ``--image-size`` px, the
+configuration of ``bench_model.py``), same synthetic JPEG files (smooth random images), images
+only (no captions). Each repeat runs every method once, interleaved, so load changes hit all of
+them alike; the table gives median images/s and the ratio to (b). Start-up of the Ray actors
+(a fresh process importing torch and unpickling the model) is inside (c)'s time.
+
+    python benchmarks/bench_embed.py                                  # 1024 images in a folder
+    python benchmarks/bench_embed.py --format tars --images 2048      # webdataset shards
+    python benchmarks/bench_index.py --part embed                     # the same, from bench_index
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=1024, help="number of JPEG files (default: 1024)")
+    parser.add_argument("--format", choices=("folder", "tars"), default="folder", help="input layout (default: folder)")
+    parser.add_argument("--per-tar", type=int, default=128, help="images per tar with --format tars (default: 128)")
+    parser.add_argument("--photo-size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"),
+                        help="size of the JPEG files (default: 320 240)")
+    parser.add_argument("--image-size", type=int, default=128, help="model input size (default: 128)")
+    parser.add_argument("--batch", type=int, default=32, help="images per forward pass (default: 32)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (default: 3)")
+    parser.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    parser.add_argument("--actors", type=int, default=None, help="Ray embedding actors (default: plan_resources)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per Ray actor (default: plan_resources)")
+    parser.add_argument("--methods", default="a,b,c,one", help="comma list of a, b, c, one (default: all)")
+    parser.add_argument("--workdir", default=None, help="where files go (default: a temporary folder)")
+    return parser.parse_args(argv)
+
+
+def write_images(folder: Path, count: int, size: tuple[int, int], fmt: str, per_tar: int) -> str:
+    """Smooth random JPEGs (upsampled noise: decodes like a photo, unlike white noise); returns the input path."""
+    from PIL import Image
+
+    from align_hf.data.webdataset import ShardWriter
+
+    rng = np.random.default_rng(0)
+
+    def jpeg(i: int) -> bytes:
+        small = rng.integers(0, 256, (size[1] // 16, size[0] // 16, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(small).resize(size, Image.BILINEAR).save(buffer, "JPEG", quality=90)
+        return buffer.getvalue()
+
+    if fmt == "folder":
+        target = folder / "images"
+        target.mkdir(parents=True)
+        for i in range(count):
+            (target / f"{i:06d}.jpg").write_bytes(jpeg(i))
+        return str(target)
+    target = folder / "tars"
+    with ShardWriter(str(target), max_count=per_tar) as writer:
+        for i in range(count):
+            writer.write({"__key__": f"{i:06d}", "jpg": jpeg(i)})
+    return str(target)
+
+
+def build_models(image_size: int, folder: Path) -> tuple[Any, Any, Any, str]:
+    """(transformers model, align_hf model, processor, saved align_hf folder) with the same weights."""
+    from bench_model import build_pair
+
+    from align_hf.processing_align import AlignImageProcessor, AlignProcessor
+    from align_hf.testing import tiny_tokenizer
+
+    reference, ours = build_pair(image_size)
+    processor = AlignProcessor(image_processor=AlignImageProcessor.for_image_size(image_size), tokenizer=tiny_tokenizer())
+    saved = folder / "model"
+    ours.save_pretrained(saved)
+    processor.save_pretrained(saved)
+    return reference.eval(), ours.eval(), processor, str(saved)
+
+
+def plain_loop(reference: Any, processor: Any, files: list[str], batch: int) -> int:
+    """(a): what a user writes with transformers: open, preprocess, embed, batch after batch."""
+    import torch
+    from PIL import Image
+
+    done = 0
+    with torch.inference_mode():
+        for start in range(0, len(files), batch):
+            images = [Image.open(f).convert("RGB") for f in files[start : start + batch]]
+            pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+            reference.get_image_features(pixel_values=pixels)
+            done += len(images)
+    return done
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Run the comparison; prints the table and returns one row per method."""
+    import torch
+
+    from align_hf.cli.search import open_images
+    from align_hf.search import CrossModalIndex
+    from align_hf.search.embeddings import embed_to_folder
+    from align_hf.search.ray_embed import connect, embed_with_ray
+
+    defaults = vars(parse_args([]))
+    args = argparse.Namespace(**{**defaults, **vars(args)})
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_embed_"))
+    work.mkdir(parents=True, exist_ok=True)
+    source = write_images(work / "data", args.images, tuple(args.photo_size), args.format, args.per_tar)
+    if args.format == "folder":
+        files = sorted(str(p) for p in Path(source).iterdir())
+    else:
+        files = []  # (a) reads the same images decoded from the tars
+        from align_hf.data.sources import load_pairs
+
+        extracted = work / "data" / "extracted"
+        extracted.mkdir()
+        for record in load_pairs(source):
+            path = extracted / f"{record['key']}.jpg"
+            path.write_bytes(record["image"]["bytes"])
+            files.append(str(path))
+    reference, ours, processor, model_dir = build_models(args.image_size, work)
+    count = len(files)
+
+    def run_a() -> int:
+        return plain_loop(reference, processor, files, args.batch)
+
+    def run_b(out: Path) -> int:
+        images, image_column, _ = open_images(source, None, "train", out / "partial")
+        index = CrossModalIndex.build(ours, processor, out, images=images, image_column=image_column or "image",
+                                      index_type="flat", batch_size=args.batch, progress=False)
+        return len(index["image"])
+
+    def run_one(out: Path) -> int:
+        return embed_to_folder(ours, processor, source, out, batch_size=args.batch, text=False, progress=False)["rows"]
+
+    def run_c(out: Path) -> int:
+        return embed_with_ray(model_dir, processor, source, out, batch_size=args.batch, text=False, progress=False,
+                              actors=args.actors, threads=args.threads)["rows"]
+
+    runners = {"a": ("(a) transformers AlignModel, plain loop", lambda out: run_a()),
+               "b": ("(b) align-hf index build (today)", run_b),
+               "one": ("    align-hf index embed --no-ray", run_one),
+               "c": ("(c) align-hf index embed (Ray Data)", run_c)}
+    ray_start = None
+    if "c" in methods:
+        start = time.perf_counter()
+        connect(None, args.ray_cpus)
+        ray_start = time.perf_counter() - start
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for repeat in range(args.repeats):
+        for method in methods:
+            out = work / f"out-{method}-{repeat}"
+            start = time.perf_counter()
+            done = runners[method][1](out)
+            times[method].append(time.perf_counter() - start)
+            if done != count:
+                raise RuntimeError(f"{method} embedded {done} of {count} images")
+            shutil.rmtree(out, ignore_errors=True)
+            print(f"  repeat {repeat + 1}: {method} {times[method][-1]:.1f} s", file=sys.stderr)
+    if "c" in methods:
+        import ray
+
+        ray.shutdown()
+    rows = []
+    base = count / statistics.median(times["b"]) if "b" in times else None
+    for method in methods:
+        rate = count / statistics.median(times[method])
+        rows.append({"method": runners[method][0], "images_per_s": rate, "vs_b": rate / base if base else None,
+                     "seconds": times[method]})
+    print(f"{count} JPEGs {args.photo_size[0]}x{args.photo_size[1]} ({args.format}), {args.image_size}px B0 + BERT 4x256, "
+          f"batch {args.batch}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"median of {args.repeats}" + (f"; Ray start-up {ray_start:.1f} s, not counted" if ray_start else ""))
+    print(f"| {'method':42s} | {'images/s':>9s} | {'vs (b)':>7s} |")
+    print(f"|{'-' * 44}|{'-' * 11}|{'-' * 9}|")
+    for row in rows:
+        ratio = f"{row['vs_b']:.2f}x" if row["vs_b"] else "-"
+        print(f"| {row['method']:42s} | {row['images_per_s']:9.1f} | {ratio:>7s} |")
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+if __name__ == "__main__":
+    run(parse_args())
