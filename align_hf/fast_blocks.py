@@ -1,14 +1,16 @@
-"""Faster forward passes for the image tower's EfficientNet blocks: same modules, same weights,
-same state-dict keys, same results to float rounding.
+"""The image tower's fast path: faster forwards for timm's EfficientNet blocks with the same
+modules, weights and state-dict keys, and the same results to float rounding.
 
-Where the time goes on CPU (eager PyTorch, fp32) and what is done about it:
+It is off by default, so a model repeats transformers' AlignModel op for op (bitwise equal
+features); ``AlignModel.set_fast_path()``, ``for_inference()`` and the package's embedding
+functions turn it on. Where the time goes on CPU (eager PyTorch, fp32) and what it does:
 
-- Training: oneDNN runs the convolutions several times faster on channels-last activations (the
-  tower converts its input, see :class:`~align_hf.modeling_align.AlignVisionModel`); an in-place
-  SiLU after BatchNorm makes autograd keep a copy of its input, so SiLU runs out of place while
-  gradients are recorded; and oneDNN has no fast kernel for the weight gradient of a 5x5
-  depthwise convolution (10-50x slower than the 3x3 one), so that gradient is assembled from
-  four 3x3 ones (:class:`DepthwiseConv5x5`).
+- Always (exact): an in-place SiLU after BatchNorm makes autograd keep a copy of its input, so
+  SiLU runs out of place (same values, one full-size copy less per activation in training).
+- Training: oneDNN runs EfficientNet's convolutions, depthwise ones above all, several times
+  faster on channels-last activations (the tower converts its input, see
+  :class:`~align_hf.modeling_align.AlignVisionModel`); a symmetric Keras padding is done by the
+  convolution instead of a padded copy.
 - Inference (BatchNorm in eval mode): BatchNorm is folded into the convolution before it on the
   fly (cached while the weights and statistics are unchanged, and only when no gradient is
   needed), and on CPU the convolution, its activation and the residual add run as one oneDNN
@@ -61,70 +63,6 @@ def _conv_padding(conv: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, tuple
     if type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
         return x, tuple(conv.padding)
     return None
-
-
-class DepthwiseConv5x5(torch.autograd.Function):
-    """A depthwise 5x5 convolution whose weight gradient is built from four 3x3 ones.
-
-    ``dW[c, i, j] = sum_{n,h,w} g[n,c,h,w] * x_pad[n,c,s*h+i,s*w+j]``; the 3x3 gradient of the
-    window of ``x_pad`` starting at ``(a, b)`` gives the entries ``i in a..a+2, j in b..b+2``, so
-    the offsets ``{0, 2}^2`` cover all 25 (the overlaps are computed twice, identically).
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, stride: tuple[int, int], padding: tuple[int, int]):
-        ctx.save_for_backward(x, weight)
-        ctx.conv = (stride, padding, bias is not None)
-        return F.conv2d(x, weight, bias, stride, padding, 1, weight.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        stride, padding, has_bias = ctx.conv
-        groups = weight.shape[0]
-        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        grad = grad.contiguous(memory_format=fmt)
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, list(stride), list(padding), [1, 1], False, [0, 0], groups, [True, False, False]
-            )[0]
-        if ctx.needs_input_grad[1]:
-            ph, pw = padding
-            padded = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
-            out_h, out_w = grad.shape[2], grad.shape[3]
-            span_h, span_w = stride[0] * (out_h - 1) + 3, stride[1] * (out_w - 1) + 3
-            piece = weight.new_empty(groups, 1, 3, 3).contiguous(memory_format=fmt)
-            grad_w = weight.new_empty(weight.shape)
-            for a in (0, 2):
-                for b in (0, 2):
-                    window = padded[:, :, a : a + span_h, b : b + span_w].contiguous(memory_format=fmt)
-                    grad_w[:, :, a : a + 3, b : b + 3] = torch.ops.aten.convolution_backward(
-                        grad, window, piece, None, list(stride), [0, 0], [1, 1], False, [0, 0], groups,
-                        [False, True, False],
-                    )[1]
-        if has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None
-
-
-def _run_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)``, with the 5x5 depthwise weight gradient of :class:`DepthwiseConv5x5` on CPU."""
-    prepared = _conv_padding(conv, x)
-    if prepared is None:
-        return conv(x)
-    x, padding = prepared
-    if (
-        conv.kernel_size == (5, 5)
-        and conv.groups == conv.in_channels == conv.out_channels
-        and conv.dilation == (1, 1)
-        and x.device.type == "cpu"
-        and not _tracing()
-        and torch.is_grad_enabled()
-        and conv.weight.requires_grad
-    ):
-        return DepthwiseConv5x5.apply(x, conv.weight, conv.bias, conv.stride, padding)
-    return F.conv2d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
 
 
 def _fold_key(conv: nn.Conv2d, bn: _BatchNorm) -> tuple:
@@ -192,7 +130,7 @@ def conv_bn_act(
     )
     prepared = _conv_padding(conv, x) if foldable else None
     if prepared is None:  # training BatchNorm, or a convolution of another kind
-        out = norm(_run_conv(conv, x))
+        out = norm(conv(x))
         if residual is not None:
             out = (drop_path(out) if drop_path is not None else out) + residual
         return out
@@ -224,7 +162,7 @@ if EfficientNet is not None:
     class FastDepthwiseSeparableConv(DepthwiseSeparableConv):
         """timm's block with :func:`conv_bn_act`; timm's own forward when ``align_fast_path`` is False."""
 
-        align_fast_path = True
+        align_fast_path = False
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if not self.align_fast_path:
@@ -238,7 +176,7 @@ if EfficientNet is not None:
     class FastInvertedResidual(InvertedResidual):
         """timm's block with :func:`conv_bn_act`; timm's own forward when ``align_fast_path`` is False."""
 
-        align_fast_path = True
+        align_fast_path = False
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if not self.align_fast_path:
@@ -253,7 +191,7 @@ if EfficientNet is not None:
     class FastEfficientNet(EfficientNet):
         """timm's EfficientNet whose stem (and head conv, if kept) use :func:`conv_bn_act`."""
 
-        align_fast_path = True
+        align_fast_path = False
 
         def forward_features(self, x: torch.Tensor) -> torch.Tensor:
             if not self.align_fast_path:
@@ -302,4 +240,4 @@ def accelerate_backbone(backbone: nn.Module) -> int:
     return switched
 
 
-__all__ = ["accelerate_backbone", "set_fast_path", "conv_bn_act", "DepthwiseConv5x5"]
+__all__ = ["accelerate_backbone", "set_fast_path", "conv_bn_act"]

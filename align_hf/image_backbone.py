@@ -27,9 +27,6 @@ class KerasPadConv2d(nn.Conv2d):
         self.fixed_padding = tuple(int(p) for p in fixed_padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        left, right, top, bottom = self.fixed_padding
-        if left == right and top == bottom:  # the convolution pads itself: no padded copy of x
-            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
         return super().forward(F.pad(x, self.fixed_padding))
 
     def extra_repr(self) -> str:

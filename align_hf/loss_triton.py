@@ -18,9 +18,9 @@ Backend choice (:func:`resolve_backend`, made inside the custom ops at run time,
 ``torch.compile`` traces none of it): ``"auto"`` takes Triton for the softmax loss on CUDA tensors
 in fp32/bf16/fp16 on compute capability >= 8.0 when ``triton`` imports, the torch tile loop
 otherwise. The environment variable ``ALIGN_HF_LOSS_BACKEND`` (``auto``/``torch``/``triton``)
-overrides ``"auto"``. With
-``TRITON_INTERPRET=1`` set before this module is imported, the kernels also run on CPU tensors
-(slowly), which is how the test suite checks them against the float64 reference.
+overrides ``"auto"``. With ``TRITON_INTERPRET=1`` set before this module is imported, a forced
+``"triton"`` also runs on CPU tensors (slowly, in Triton's interpreter), which is how the test
+suite checks the kernels against the float64 reference.
 """
 
 from __future__ import annotations
@@ -189,9 +189,12 @@ if triton is not None:
                 x_ptr, y_ptr, rows, cols, row_ok, col_ok, d, stride_x, stride_y, scale,
                 BLOCK_M, BLOCK_N, BLOCK_K, PRECISION,
             )
-            # The label logit is read from the same block values the maxima see (accuracy ties).
-            hit = rows[:, None] + label_offset == cols[None, :]
-            label += tl.sum(tl.where(hit, s, 0.0), axis=1)
+            # The label logit is read from the same block values the maxima see (accuracy ties);
+            # only blocks that cross this row block's label columns pay for the pass.
+            first_label = pid * BLOCK_M + label_offset
+            if (j0 < first_label + BLOCK_M) & (j0 + BLOCK_N > first_label):
+                hit = rows[:, None] + label_offset == cols[None, :]
+                label += tl.sum(tl.where(hit, s, 0.0), axis=1)
             new = tl.maximum(r_max, tl.max(s, axis=1))
             ref = tl.where(new == float("-inf"), 0.0, new)  # rows past n: avoid inf - inf
             r_sum = r_sum * tl.exp(r_max - ref) + tl.sum(tl.exp(s - ref[:, None]), axis=1)

@@ -127,16 +127,17 @@ class AlignVisionModel(AlignPreTrainedModel):
     def __init__(self, config: AlignVisionConfig):
         super().__init__(config)
         self.backbone, self.embed_dim = build_image_backbone(config)
-        # The fast path (align_hf.fast_blocks): channels-last activations, for which oneDNN runs
-        # EfficientNet's convolutions several times faster (the input is converted once, the outputs
-        # are returned contiguous), and BatchNorm folded into the convolutions in eval mode.
-        self.fast_path = True
+        # The fast path (align_hf.fast_blocks), off by default so that features are bitwise those of
+        # transformers' AlignModel: channels-last activations, for which oneDNN runs EfficientNet's
+        # convolutions several times faster (the input is converted once, the outputs are returned
+        # contiguous), and in eval mode BatchNorm folded into the convolutions.
+        self.fast_path = False
         self.channels_last = True
         self.post_init()
 
     def set_fast_path(self, enabled: bool = True) -> "AlignVisionModel":
-        """Use the fast forwards (default) or timm's plain ones, which repeat transformers'
-        AlignModel op for op (bitwise equal features; the fast path agrees to float rounding)."""
+        """Turn the fast path on (see :mod:`align_hf.fast_blocks`; same features to float rounding,
+        training included) or off (timm's forwards: transformers' AlignModel op for op)."""
         from .fast_blocks import set_fast_path
 
         self.fast_path = bool(enabled)
@@ -389,7 +390,9 @@ class AlignModel(AlignPreTrainedModel):
         )
 
     def set_fast_path(self, enabled: bool = True) -> "AlignModel":
-        """See :meth:`AlignVisionModel.set_fast_path`; on by default."""
+        """Train and embed faster: channels-last image tower, BatchNorm folded on the fly in eval
+        mode, convolution + activation + residual fused on CPU (see :mod:`align_hf.fast_blocks`).
+        Same results to float rounding; off by default, when features are bitwise transformers'."""
         self.vision_model.set_fast_path(enabled)
         return self
 
@@ -416,6 +419,7 @@ class AlignModel(AlignPreTrainedModel):
 
         model = (copying.deepcopy(self) if copy else self).eval()
         fold_batchnorm(model.vision_model.backbone)
+        model.vision_model.set_fast_path(True)
         model.vision_model.channels_last = channels_last
         if channels_last:
             model.vision_model.to(memory_format=torch.channels_last)

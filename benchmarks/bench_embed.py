@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     parser.add_argument("--actors", type=int, default=None, help="Ray embedding actors (default: plan_resources)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per Ray actor (default: plan_resources)")
+    parser.add_argument("--cpus-per-actor", type=float, default=None, help="CPUs reserved per Ray actor (default: plan_resources)")
+    parser.add_argument("--main-threads", type=int, default=None,
+                        help="torch threads of this process, for (a), (b) and --no-ray (default: torch's choice)")
     parser.add_argument("--methods", default="a,b,c,one", help="comma list of a, b, c, one (default: all)")
     parser.add_argument("--workdir", default=None, help="where files go (default: a temporary folder)")
     return parser.parse_args(argv)
@@ -117,11 +120,14 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     from align_hf.cli.search import open_images
     from align_hf.search import CrossModalIndex
+    from align_hf.search.embed_steps import plan_inputs
     from align_hf.search.embeddings import embed_to_folder
     from align_hf.search.ray_embed import connect, embed_with_ray
 
     defaults = vars(parse_args([]))
     args = argparse.Namespace(**{**defaults, **vars(args)})
+    if args.main_threads:
+        torch.set_num_threads(args.main_threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_embed_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -139,6 +145,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             path.write_bytes(record["image"]["bytes"])
             files.append(str(path))
     reference, ours, processor, model_dir = build_models(args.image_size, work)
+    plan = plan_inputs(source)
     count = len(files)
 
     def run_a() -> int:
@@ -150,12 +157,27 @@ def run(args: argparse.Namespace) -> list[dict]:
                                       index_type="flat", batch_size=args.batch, progress=False)
         return len(index["image"])
 
+    steady: dict[str, list[float]] = {"one": [], "c": []}
+
+    def timer(method: str):
+        """on_part callback: the rate from the first part written to the last (start-up left out)."""
+        marks: list[tuple[float, int]] = []
+
+        def on_part(info: dict, resumed: bool) -> None:
+            marks.append((time.perf_counter(), info["rows"]))
+            if len(marks) == len(plan.labels) and len(marks) > 1:
+                steady[method].append(sum(r for _, r in marks[1:]) / (marks[-1][0] - marks[0][0]))
+
+        return on_part
+
     def run_one(out: Path) -> int:
-        return embed_to_folder(ours, processor, source, out, batch_size=args.batch, text=False, progress=False)["rows"]
+        return embed_to_folder(ours, processor, source, out, batch_size=args.batch, text=False, progress=False,
+                               on_part=timer("one"))["rows"]
 
     def run_c(out: Path) -> int:
         return embed_with_ray(model_dir, processor, source, out, batch_size=args.batch, text=False, progress=False,
-                              actors=args.actors, threads=args.threads)["rows"]
+                              actors=args.actors, threads=args.threads, cpus_per_actor=args.cpus_per_actor,
+                              on_part=timer("c"))["rows"]
 
     runners = {"a": ("(a) transformers AlignModel, plain loop", lambda out: run_a()),
                "b": ("(b) align-hf index build (today)", run_b),
@@ -185,16 +207,19 @@ def run(args: argparse.Namespace) -> list[dict]:
     base = count / statistics.median(times["b"]) if "b" in times else None
     for method in methods:
         rate = count / statistics.median(times[method])
+        after = statistics.median(steady[method]) if steady.get(method) else None
         rows.append({"method": runners[method][0], "images_per_s": rate, "vs_b": rate / base if base else None,
-                     "seconds": times[method]})
-    print(f"{count} JPEGs {args.photo_size[0]}x{args.photo_size[1]} ({args.format}), {args.image_size}px B0 + BERT 4x256, "
-          f"batch {args.batch}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"median of {args.repeats}" + (f"; Ray start-up {ray_start:.1f} s, not counted" if ray_start else ""))
-    print(f"| {'method':42s} | {'images/s':>9s} | {'vs (b)':>7s} |")
-    print(f"|{'-' * 44}|{'-' * 11}|{'-' * 9}|")
+                     "steady_images_per_s": after, "seconds": times[method]})
+    print(f"{count} JPEGs {args.photo_size[0]}x{args.photo_size[1]} ({args.format}, {len(plan.labels)} shards), "
+          f"{args.image_size}px B0 + BERT 4x256, batch {args.batch}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads here), median of {args.repeats}"
+          + (f"; Ray start-up {ray_start:.1f} s, not counted" if ray_start else ""))
+    print(f"| {'method':42s} | {'images/s':>9s} | {'vs (b)':>7s} | {'after 1st shard':>15s} |")
+    print(f"|{'-' * 44}|{'-' * 11}|{'-' * 9}|{'-' * 17}|")
     for row in rows:
         ratio = f"{row['vs_b']:.2f}x" if row["vs_b"] else "-"
-        print(f"| {row['method']:42s} | {row['images_per_s']:9.1f} | {ratio:>7s} |")
+        after = f"{row['steady_images_per_s']:.1f}" if row["steady_images_per_s"] else "-"
+        print(f"| {row['method']:42s} | {row['images_per_s']:9.1f} | {ratio:>7s} | {after:>15s} |")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return rows

@@ -189,6 +189,7 @@ def run_index(args: argparse.Namespace) -> dict:
         "exact_search_s": exact_s, "queries": len(queries), "search": rows, "projection_1b": projection,
     }
     print(json.dumps(result, indent=1))
+    print(markdown(result))
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=1))
     return result
@@ -239,6 +240,27 @@ def project(n: int, dim: int, part_rows: int, plan: dict, stats: dict, index_byt
     }
 
 
+def markdown(r: dict) -> str:
+    """The README table of one result."""
+    plan = r["plan"]
+    lines = [
+        f"{r['n_vectors']:,} x {r['dim']} {r['dtype']} vectors in {r['parts']} parts "
+        f"({r['embeddings_gib']:.1f} GiB), `{plan.get('factory', plan['index_type'])}`, {r['workers']} shard workers",
+        "",
+        "| build | train | add | merge | index on disk | peak RAM (process tree) | peak RAM (one worker) |",
+        "|---|---|---|---|---|---|---|",
+        f"| {r['build_s'] / 60:.1f} min | {r['train_s'] or 0:.0f} s | {r['add_s'] or 0:.0f} s | {r['merge_s'] or 0:.1f} s "
+        f"| {r['index_gib']:.2f} GiB | {r['peak_rss_tree_gib']:.2f} GiB | {r['worker_max_rss_gib']:.2f} GiB |",
+        "",
+        "| nprobe | exact re-rank | recall@10 | p50 ms | p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    for row in r["search"]:
+        rerank = f"{row['rerank']} x k" if row["rerank"] else "off"
+        lines.append(f"| {row['nprobe']} | {rerank} | {row['recall@10']:.3f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("embed", "index", "all"), default="index")
@@ -264,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="write the results as JSON here")
     parser.add_argument("--reproject", metavar="RESULT_JSON",
                         help="only recompute the 1B projection from a saved --output file")
+    parser.add_argument("--table", metavar="RESULT_JSON", help="only print the markdown table of a saved --output file")
     args, rest = parser.parse_known_args(argv)
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())))
+        return 0
     if args.reproject:
         r = json.loads(Path(args.reproject).read_text())
         per_shard = (r["add_s"] or 0.0) * (r["workers"] or 1) / max(1, r["parts"])

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks of the contrastive head and the model, as one script for a lent CUDA machine
-# (a few minutes on an H100/H200; the per-step timeouts cap it at about 7.5 minutes):
+# (about 5 minutes on an H100/H200; the per-step timeouts cap it at 8 minutes):
 #
 #   bash benchmarks/gpu_check.sh [OUTDIR]            # default: $OUT, else benchmarks/results/gpu_<UTC time>
 #   bash benchmarks/gpu_check.sh --dry-run [OUTDIR]  # the same steps on CPU at toy sizes
@@ -11,7 +11,8 @@
 #   2. the head at N = 65,536 and 262,144 (bf16, d = 640): naive loss vs torch tiles vs Triton kernels,
 #      forward+backward time and peak memory (bench_loss.py; naive is skipped where it cannot fit);
 #   3. ALIGN-B7 at 289 px against transformers' AlignModel: training step and image embedding
-#      (samples/s; bf16, channels-last), eager, then torch.compile'd (bench_model.py).
+#      (samples/s; bf16, channels-last), eager, then torch.compile'd (bench_model.py);
+#   4. two other Triton tile shapes for the head at N = 65,536 (ALIGN_HF_TRITON_TILE), for tuning.
 # Raw outputs land in OUTDIR (one .txt per step, JSON where the script writes one, gpu_check.log).
 # --dry-run runs every step on CPU with tiny sizes (Triton kernels in its interpreter), so a broken
 # path shows up before GPU time is spent. PYTHON=... picks the interpreter (default python3);
@@ -49,12 +50,18 @@ cat "$RES/environment.txt"
 
 if [ $DRY -eq 0 ]; then
   DEV=(--device cuda --dtype bfloat16)
-  step tests 100 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_loss_cuda.py tests/test_loss_triton.py
-  step bench_loss_head 120 "$PY" benchmarks/bench_loss.py "${DEV[@]}" --sizes 65536 262144 \
+  step tests 110 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_loss_cuda.py tests/test_loss_triton.py
+  step bench_loss_head 90 "$PY" benchmarks/bench_loss.py "${DEV[@]}" --sizes 65536 262144 \
     --methods naive tiled triton --output "$RES/bench_loss_head.json"
-  MODEL=(--preset b7 --image-size 289 "${DEV[@]}" --channels-last --batch-size 32 --repeats 5 --output json)
+  MODEL=(--preset b7 --image-size 289 "${DEV[@]}" --channels-last --batch-size 32 --repeats 5
+    --targets-only --output json)
   step bench_model_b7_eager 75 "$PY" benchmarks/bench_model.py "${MODEL[@]}"
-  step bench_model_b7_compiled 180 "$PY" benchmarks/bench_model.py "${MODEL[@]}" --compile
+  step bench_model_b7_compiled 150 "$PY" benchmarks/bench_model.py "${MODEL[@]}" --compile
+  step bench_loss_triton_tiles 40 bash -c 'for t in 128,128,64,8,4 128,64,64,4,3; do
+      echo "ALIGN_HF_TRITON_TILE=$t"
+      ALIGN_HF_TRITON_TILE=$t "$0" benchmarks/bench_loss.py --device cuda --dtype bfloat16 \
+        --sizes 65536 --methods triton | tail -n 3
+    done' "$PY"
   if [ "${GPU_CHECK_FULL:-0}" = 1 ]; then
     for chunk in 2048 4096 16384; do
       step "bench_loss_tiles_$chunk" 90 "$PY" benchmarks/bench_loss.py "${DEV[@]}" --sizes 65536 262144 \
@@ -67,8 +74,15 @@ else
   step tests 240 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_loss_cuda.py tests/test_loss_triton.py
   step bench_loss_head 240 env TRITON_INTERPRET=1 "$PY" benchmarks/bench_loss.py --device cpu \
     --sizes 200 300 --dim 32 --repeats 1 --methods naive tiled triton --output "$RES/bench_loss_head.json"
-  MODEL=(--preset b7 --image-size 64 --device cpu --dtype bfloat16 --channels-last --batch-size 2 --repeats 1 --output json)
-  step bench_model_b7_eager 300 "$PY" benchmarks/bench_model.py "${MODEL[@]}"
+  # fp32: bf16 autocast on 2 CPU cores takes about a minute per B7 training step.
+  MODEL=(--preset b7 --image-size 64 --device cpu --dtype float32 --channels-last --batch-size 2 --repeats 1
+    --targets-only --output json)
+  step bench_model_b7_eager 600 "$PY" benchmarks/bench_model.py "${MODEL[@]}"
+  step bench_loss_triton_tiles 120 bash -c 'for t in 64,64,32,4,2; do
+      echo "ALIGN_HF_TRITON_TILE=$t"
+      ALIGN_HF_TRITON_TILE=$t TRITON_INTERPRET=1 "$0" benchmarks/bench_loss.py --device cpu \
+        --dim 32 --sizes 200 --repeats 1 --methods triton | tail -n 3
+    done' "$PY"
   if [ "${GPU_CHECK_FULL:-0}" = 1 ]; then
     step bench_model_b7_compiled 900 "$PY" benchmarks/bench_model.py "${MODEL[@]}" --compile
   fi

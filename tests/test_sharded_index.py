@@ -279,3 +279,29 @@ def test_missing_embedding_folder_or_unfinished_build_gives_clear_errors(emb, tm
     (unfinished / "align_manifest.json").write_text(json.dumps({**manifest, "complete": False}))
     with pytest.raises(ValueError, match="unfinished"):
         build_sharded(unfinished, tmp_path / "x", use_ray=False, progress=False)
+
+
+def test_folder_from_index_embed_answers_like_index_build(tiny, tmp_path):
+    """End to end with the real embedding writer: same hits as the one-process `index build`."""
+    from align_hf.data.synthetic import SyntheticConfig, SyntheticCorpus
+    from align_hf.search import embed_to_folder
+
+    model, processor = tiny
+    corpus = SyntheticCorpus(SyntheticConfig())
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(12):
+        corpus.sample("retrieval", i).image.save(images / f"img{i:02d}.png")
+    (images / "broken.jpg").write_bytes(b"\xff\xd8 truncated jpeg")
+    emb_dir = tmp_path / "emb"
+    embed_to_folder(model, processor, str(images), emb_dir, batch_size=4, progress=False)
+    simple = CrossModalIndex.build(model, processor, tmp_path / "simple", images=images, batch_size=4, progress=False)
+    build_sharded(emb_dir, tmp_path / "sharded", index_type="ivf_flat", nlist=2, use_ray=False, progress=False)
+    sharded = Searcher(tmp_path / "sharded", model, processor)  # the folder's model signature is checked
+    sharded.set_search_params(nprobe=2)
+    reference = Searcher(simple, model, processor)
+    for query in (dict(image=str(images / "img03.png")), dict(image=str(images / "img05.png"), text="a red circle")):
+        got = sharded.search(**query, k=5)
+        want = reference.search(**query, k=5)
+        assert [h.metadata["path"].rsplit("/", 1)[-1] for h in got] == [h.metadata["path"].rsplit("/", 1)[-1] for h in want]
+        assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-4)

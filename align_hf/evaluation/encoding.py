@@ -5,6 +5,7 @@ Unreadable images are skipped and listed rather than raised, so a long job keeps
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -57,6 +58,28 @@ def prepare_for_embedding(
     return prepared.eval()
 
 
+@contextlib.contextmanager
+def fast_path(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run ``model``'s image tower on its fast path inside the block, then restore the setting.
+
+    The fast path (:meth:`~align_hf.modeling_align.AlignModel.set_fast_path`) folds BatchNorm on
+    the fly in eval mode, caching the folded weights until the model's weights change, so nothing
+    is copied and a model being trained can be evaluated between steps. Models without the
+    setting (e.g. transformers' AlignModel) run unchanged.
+    """
+    vision = getattr(model, "vision_model", None)
+    setter = getattr(vision, "set_fast_path", None)
+    previous = getattr(vision, "fast_path", None)
+    if setter is None or previous is None or previous:
+        yield model
+        return
+    setter(True)
+    try:
+        yield model
+    finally:
+        setter(previous)
+
+
 def _batched(items: Iterable[Any], batch_size: int) -> Iterator[list[Any]]:
     batch: list[Any] = []
     for item in items:
@@ -94,7 +117,9 @@ def encode_pil_images(model: torch.nn.Module, processor: Any, images: Sequence[I
     """Embed one batch of already opened images; returns ``(B, D)`` float32 normalised, on CPU."""
     pixel_values = processor(images=list(images), return_tensors="pt")["pixel_values"]
     param = next(model.parameters())  # inputs follow the model's device and dtype (fp16/bf16 models)
-    emb = model.encode_image(pixel_values.to(device=param.device, dtype=param.dtype), normalize=True)
+    pixel_values = pixel_values.to(device=param.device, dtype=param.dtype).contiguous(memory_format=torch.channels_last)
+    with fast_path(model):
+        emb = model.encode_image(pixel_values, normalize=True)
     return emb.float().cpu()
 
 
@@ -165,4 +190,12 @@ def encode_images(
     return EncodedImages(torch.cat(chunks), kept, skipped)
 
 
-__all__ = ["ImageLike", "encode_texts", "encode_images", "encode_pil_images", "EncodedImages"]
+__all__ = [
+    "ImageLike",
+    "encode_texts",
+    "encode_images",
+    "encode_pil_images",
+    "EncodedImages",
+    "fast_path",
+    "prepare_for_embedding",
+]

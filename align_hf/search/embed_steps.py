@@ -75,7 +75,7 @@ def plan_inputs(source: Any, image_column: str | None = None, text_column: str |
     pairs = load_pairs(list(source) if isinstance(source, tuple) else source, image_column=image_column,
                        text_column=text_column, split=split)
     count = pairs.n_shards
-    digest = hashlib.sha1()
+    digest = hashlib.sha1(repr(source if isinstance(source, (str, tuple)) else type(source)).encode("utf-8", "surrogatepass"))
     labels: list[str] | None = None
     if isinstance(source, (str, tuple)):
         files = [f for s in ([source] if isinstance(source, str) else source) for f in _resolve_files(s)]
@@ -92,7 +92,7 @@ def plan_inputs(source: Any, image_column: str | None = None, text_column: str |
         name = f"<{type(source).__name__}>"
     if labels is None:
         labels = [f"{name}#{i:05d}-of-{count:05d}" for i in range(count)]
-    return InputPlan(source, image_column, text_column, split, tuple(labels), {"inputs": digest.hexdigest()})
+    return InputPlan(source, image_column, text_column, split, tuple(labels), {"inputs": digest.hexdigest(), "columns": [image_column, text_column, split]})
 
 
 def open_shard(plan: InputPlan, part: int) -> Iterator[dict]:

@@ -31,6 +31,8 @@ from align_hf.search.embeddings import EmbeddingWriter, PartCallback
 
 logger = logging.getLogger(__name__)
 
+READ_TASK_MEMORY = 512 * 2**20  # bytes reserved per read task
+
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Connect to Ray: the cluster at ``address``, else a local one with ``num_cpus`` CPUs. True if we started it.
@@ -78,10 +80,6 @@ def _read_parts(batch: dict[str, np.ndarray], plan: InputPlan, processor: Any, b
     """Ray ``map_batches`` generator: every batch of the shards named in ``batch["part"]``."""
     for part in batch["part"]:
         yield from read_shard(plan, processor, int(part), batch_size=batch_size, text=text)
-
-
-def _read_task_args() -> dict[str, Any]:
-    return {"num_cpus": 1}
 
 
 def _portable_model(model: Any) -> Any:
@@ -136,11 +134,12 @@ def embed_with_ray(
     signature = model_signature(driver_model, processor)
     writer = EmbeddingWriter(output, plan.labels, plan.fingerprint, signature, text=text, fp16=fp16,
                              overwrite=overwrite, on_part=on_part, progress=progress)
-    started = connect(ray_address, num_cpus)
     data_logger = logging.getLogger("ray.data")
     level = data_logger.level
+    started = False
     try:
         if writer.todo:
+            started = connect(ray_address, num_cpus)
             pool = plan_resources(ray.cluster_resources(), actors, num_gpus, cpus_per_actor, threads)
             logger.info("embedding %d shards with %d actors (%s)", len(writer.todo), pool["actors"], pool)
             data_logger.setLevel(logging.WARNING)  # our bar reports progress; Ray's would print per operator
@@ -148,10 +147,10 @@ def embed_with_ray(
             batches = parts.map_batches(
                 _read_parts, batch_size=1, batch_format="numpy",
                 fn_kwargs={"plan": plan, "processor": processor, "batch_size": batch_size, "text": text},
-                # Ray Data fuses a task stage into the next actor stage when their static remote args
-                # match; one set by a function is never fused, so decoding keeps its own processes
-                # and runs alongside the embedding instead of inside the actors.
-                ray_remote_args_fn=_read_task_args,
+                # The memory a read task may hold (decoded photos and a batch of pixels) caps how many
+                # run at once on a node. Resources that differ from the actors' also keep Ray Data from
+                # fusing this stage into the actors: decoding keeps its own processes, beside the embedding.
+                num_cpus=1, memory=READ_TASK_MEMORY,
             ).map_batches(
                 Embedder, batch_size=batch_size, batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=pool["actors"]),

@@ -206,10 +206,16 @@ def _run_parallel(jobs: list[tuple], workers: int, ray_address: str | None, use_
             results.extend(ray.get(done))
             bar.update(len(done))
     else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:  # faiss releases the GIL while adding
-            for result in pool.map(lambda job: add_part(*job), jobs):
-                results.append(result)
-                bar.update(1)
+        # OpenMP threads are per process here: set them once for all jobs, and put them back.
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(max(1, jobs[0][-1]))
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:  # faiss releases the GIL while adding
+                for result in pool.map(lambda job: add_part(*job[:-1], threads=0), jobs):
+                    results.append(result)
+                    bar.update(1)
+        finally:
+            faiss.omp_set_num_threads(before)
     bar.close()
     return results
 

@@ -16,6 +16,9 @@ from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
 
+# The clock every BudgetClock reads (tests replace it to simulate a slow machine).
+now = time.perf_counter
+
 
 class BudgetClock:
     """Share of a wall-clock budget spent, agreed on by all ranks.
@@ -27,12 +30,12 @@ class BudgetClock:
     def __init__(self, seconds: float, device: torch.device, spent: float = 0.0):
         self.seconds = float(seconds)
         self.device = device  # where the collective runs (NCCL needs GPU tensors)
-        self.start = time.perf_counter() - float(spent)
+        self.start = now() - float(spent)
         self.fraction = min(1.0, float(spent) / self.seconds)
 
     def elapsed(self) -> float:
         """Training seconds spent so far, including those before a resume (this rank's clock)."""
-        return time.perf_counter() - self.start
+        return now() - self.start
 
     def sync(self) -> float:
         """Update and return :attr:`fraction` (0 to 1); a collective under ``torch.distributed``."""
