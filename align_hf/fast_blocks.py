@@ -50,19 +50,43 @@ def _unary_name(act: nn.Module) -> str | None:
     return _UNARY.get(type(act))
 
 
-def _conv_padding(conv: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]] | None:
-    """``(input, symmetric padding)`` to run ``conv`` with ``F.conv2d``, or None for convolutions of
-    another kind (timm's dynamic 'same' padding, non-zero padding modes)."""
+def _conv_padding(conv: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], bool] | None:
+    """``(input, symmetric padding, shift)`` to run ``conv`` with ``F.conv2d``, or None for
+    convolutions of another kind (timm's dynamic 'same' padding, non-zero padding modes).
+
+    ``shift``: the kernel gets a leading zero row and column (see :func:`_shifted`). Keras pads a
+    stride-2 convolution by ``(k//2 - 1, k//2)``; with symmetric padding ``k//2`` and that
+    ``(k+1) x (k+1)`` kernel every window starts one row and column earlier on a zero tap, so the
+    outputs are the same sums while no padded copy of ``x`` (and of its gradient) is made. Done for
+    depthwise convolutions, where the extra taps cost less than the copies.
+    """
     from .image_backbone import KerasPadConv2d
 
     if type(conv) is KerasPadConv2d:
         left, right, top, bottom = conv.fixed_padding
         if left == right and top == bottom:  # symmetric: the convolution pads, no copy of x
-            return x, (top, left)
-        return F.pad(x, conv.fixed_padding), (0, 0)
+            return x, (top, left), False
+        if right == left + 1 and bottom == top + 1 and conv.groups == conv.in_channels and conv.dilation == (1, 1):
+            return x, (bottom, right), True
+        return F.pad(x, conv.fixed_padding), (0, 0), False
     if type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
-        return x, tuple(conv.padding)
+        return x, tuple(conv.padding), False
     return None
+
+
+def _shifted(weight: torch.Tensor) -> torch.Tensor:
+    """``(O, I, k, k)`` -> ``(O, I, k+1, k+1)`` with a leading zero row and column."""
+    return F.pad(weight, (1, 0, 1, 0))
+
+
+def _run_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` through :func:`_conv_padding` (differentiable)."""
+    prepared = _conv_padding(conv, x)
+    if prepared is None:
+        return conv(x)
+    x, padding, shift = prepared
+    weight = _shifted(conv.weight) if shift else conv.weight
+    return F.conv2d(x, weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
 
 
 def _fold_key(conv: nn.Conv2d, bn: _BatchNorm) -> tuple:
@@ -130,15 +154,17 @@ def conv_bn_act(
     )
     prepared = _conv_padding(conv, x) if foldable else None
     if prepared is None:  # training BatchNorm, or a convolution of another kind
-        out = norm(conv(x))
+        out = norm(_run_conv(conv, x))
         if residual is not None:
             out = (drop_path(out) if drop_path is not None else out) + residual
         return out
-    inp, padding = prepared
+    inp, padding, shift = prepared
     if is_bn:
         weight, bias = _folded_weights(conv, norm)
     else:
         weight, bias = conv.weight, conv.bias
+    if shift:
+        weight = _shifted(weight)
     act = _act_of(norm)
     unary = _unary_name(act)
     if unary is not None and _onednn_ok(inp, weight):

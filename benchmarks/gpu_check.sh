@@ -60,7 +60,7 @@ if [ $DRY -eq 0 ]; then
   step bench_loss_triton_tiles 40 bash -c 'for t in 128,128,64,8,4 128,64,64,4,3; do
       echo "ALIGN_HF_TRITON_TILE=$t"
       ALIGN_HF_TRITON_TILE=$t "$0" benchmarks/bench_loss.py --device cuda --dtype bfloat16 \
-        --sizes 65536 --methods triton | tail -n 3
+        --sizes 65536 --methods triton | grep -v "^time ratio"
     done' "$PY"
   if [ "${GPU_CHECK_FULL:-0}" = 1 ]; then
     for chunk in 2048 4096 16384; do
@@ -81,7 +81,7 @@ else
   step bench_loss_triton_tiles 120 bash -c 'for t in 64,64,32,4,2; do
       echo "ALIGN_HF_TRITON_TILE=$t"
       ALIGN_HF_TRITON_TILE=$t TRITON_INTERPRET=1 "$0" benchmarks/bench_loss.py --device cpu \
-        --dim 32 --sizes 200 --repeats 1 --methods triton | tail -n 3
+        --dim 32 --sizes 200 --repeats 1 --methods triton | grep -v "^time ratio"
     done' "$PY"
   if [ "${GPU_CHECK_FULL:-0}" = 1 ]; then
     step bench_model_b7_compiled 900 "$PY" benchmarks/bench_model.py "${MODEL[@]}" --compile
