@@ -109,7 +109,9 @@ def ray_built(tiny, corpus, ray_local, tmp_path_factory):
 
     model, processor = tiny
     out = tmp_path_factory.mktemp("emb_ray")
-    embed_with_ray(model, processor, corpus["tars"], out, batch_size=3, actors=1, progress=False)
+    # The default pool on 2 CPUs: two actors, so batches come back from either in any order.
+    manifest = embed_with_ray(model, processor, corpus["tars"], out, batch_size=3, progress=False)
+    assert manifest["complete"]
     return out
 
 
@@ -137,6 +139,7 @@ def test_single_process_matches_the_model(tiny, corpus, reference):
     assert meta[0]["source"].endswith("shard-00000.tar") and meta[0]["caption"] == captions[0]
 
 
+@pytest.mark.slow
 def test_ray_matches_one_process(reference, ray_built):
     want_manifest, want_ids, want, want_meta = _load(reference)
     manifest, ids, got, meta = _load(ray_built)
@@ -149,6 +152,7 @@ def test_ray_matches_one_process(reference, ray_built):
     assert sorted(os.listdir(ray_built / "metadata")) == [f"metadata_{i:05d}.parquet" for i in range(SHARDS)]
 
 
+@pytest.mark.slow
 def test_ray_resumes_after_a_kill_without_embedding_finished_shards(tiny, corpus, ray_built, tmp_path):
     from align_hf.search.ray_embed import embed_with_ray
 
@@ -270,11 +274,15 @@ def test_parquet_and_dataset_inputs(tiny, corpus, tmp_path):
 def test_actor_pool_plan():
     from align_hf.search.ray_embed import plan_resources
 
-    assert plan_resources({"CPU": 2.0}) == {"actors": 1, "num_cpus": 1, "num_gpus": 0.0, "threads": 1}
-    assert plan_resources({"CPU": 16.0}) == {"actors": 3, "num_cpus": 4, "num_gpus": 0.0, "threads": 4}
-    assert plan_resources({"CPU": 32.0, "GPU": 8.0}) == {"actors": 8, "num_cpus": 1, "num_gpus": 1.0, "threads": None}
+    # CPUs only: single-thread actors for ~80% of the CPUs, reserving what leaves >= 1 CPU to reading
+    assert plan_resources({"CPU": 2.0}) == {"actors": 2, "num_cpus": 0.5, "num_gpus": 0.0, "threads": 1, "read_cpus": 1.0}
+    assert plan_resources({"CPU": 1.0}) == {"actors": 1, "num_cpus": 0.5, "num_gpus": 0.0, "threads": 1, "read_cpus": 0.5}
+    assert plan_resources({"CPU": 16.0}) == {"actors": 6, "num_cpus": 2.0, "num_gpus": 0.0, "threads": 2, "read_cpus": 1.0}
+    assert plan_resources({"CPU": 2.0}, actors=1, cpus_per_actor=1)["read_cpus"] == 1.0
+    assert plan_resources({"CPU": 32.0, "GPU": 8.0}) == {"actors": 8, "num_cpus": 1, "num_gpus": 1.0, "threads": None,
+                                                         "read_cpus": 1.0}
     assert plan_resources({"CPU": 8.0, "GPU": 2.0}, actors=4, num_gpus=0.5)["actors"] == 4
     with pytest.raises(ValueError, match="read and decode"):
-        plan_resources({"CPU": 2.0}, actors=2)
+        plan_resources({"CPU": 2.0}, actors=2, cpus_per_actor=1)
     with pytest.raises(ValueError, match="GPUs"):
         plan_resources({"CPU": 8.0}, num_gpus=1)

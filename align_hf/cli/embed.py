@@ -80,10 +80,10 @@ def register_embed(commands: argparse._SubParsersAction) -> None:
     ray.add_argument("--no-ray", action="store_true", help="embed in this process, without Ray")
     ray.add_argument("--ray-address", help="running Ray cluster ('auto', 'ray://head:10001'); default: start Ray on this machine")
     ray.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
-    ray.add_argument("--actors", type=int, help="embedding actors (default: one per GPU, else about one per 4 CPUs)")
+    ray.add_argument("--actors", type=int, help="embedding actors (default: one per GPU; CPUs only: enough for ~80%% of the CPUs)")
     ray.add_argument("--num-gpus", type=float, help="GPUs per actor (default: 1 when the cluster has GPUs)")
-    ray.add_argument("--cpus-per-actor", type=float, help="CPUs reserved per actor (default: 1 on GPU, up to 4 on CPU)")
-    ray.add_argument("--threads", type=int, help="torch threads per CPU actor (default: its CPUs)")
+    ray.add_argument("--cpus-per-actor", type=float, help="CPUs reserved per actor (default: 1 with a GPU; CPUs only: its threads, less if reading would get no CPU)")
+    ray.add_argument("--threads", type=int, help="torch threads per CPU actor (default: 1 up to 8 CPUs, 2 up to 16, then 4)")
     embed.set_defaults(func=run_embed)
 
 

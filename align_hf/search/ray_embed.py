@@ -2,12 +2,14 @@
 
 ::
 
-    shards --(read tasks: read, decode, processor; num_cpus=1 each)--> numpy batches
+    shards --(read tasks: read, decode, processor; 1 CPU each)--> numpy batches
            --(actor pool: Embedder, one model per actor; num_gpus=1 on GPU)--> embeddings
            --(driver: EmbeddingWriter)--> EMB/img_emb, text_emb, metadata, align_manifest.json
 
-By default Ray starts on this machine (``ray.init()`` with its CPUs; nothing to start by hand);
-``ray_address`` connects to a running cluster instead (``"auto"``, or ``"ray://head:10001"``).
+The actor pool is sized by :func:`plan_resources`: one actor per GPU, or on CPUs only actors of
+1-4 threads for about 80% of the cores (two single-thread ones on a 2-core machine), the rest
+left to decoding. By default Ray starts on this machine (``ray.init()`` with its CPUs; nothing
+to start by hand); ``ray_address`` connects to a running cluster instead (``"auto"``, or ``"ray://head:10001"``).
 Input paths must then be readable on every node (shared storage, ``s3://``/``gs://`` URLs);
 the output is written by the driver only.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from typing import Any, Iterator
 
@@ -53,9 +56,12 @@ def plan_resources(cluster: dict[str, float], actors: int | None = None, num_gpu
                    cpus_per_actor: float | None = None, threads: int | None = None) -> dict[str, Any]:
     """How many embedding actors, with which resources, for a cluster's ``ray.cluster_resources()``.
 
-    GPUs present: one actor per ``num_gpus`` (default 1) GPUs, 1 CPU each. CPUs only: actors of
-    up to 4 CPUs (torch threads) each, leaving about a quarter of the CPUs, at least one, to the
-    read tasks that decode and preprocess.
+    GPUs present: one actor per ``num_gpus`` (default 1) GPUs, 1 CPU each; the other CPUs read.
+    CPUs only: embedding is about 80% of the CPU work (B0 at 128 px, measured: decoding and the
+    processor are the rest), so actors of ``threads`` torch threads (1 up to 8 CPUs, 2 up to 16, then
+    4) are started for about 80% of the CPUs (rounded to the nearest actor); each reserves at most ``threads`` CPUs
+    and together they leave one CPU or more to the read tasks. On 2 CPUs: 2 single-thread actors
+    reserving half a CPU each, and one read task at a time.
     """
     cpus = int(cluster.get("CPU", 1))
     gpus = float(cluster.get("GPU", 0))
@@ -63,16 +69,19 @@ def plan_resources(cluster: dict[str, float], actors: int | None = None, num_gpu
     if gpus_per_actor > gpus:
         raise ValueError(f"num_gpus={gpus_per_actor} per actor but the Ray cluster has {gpus:g} GPUs")
     if gpus_per_actor:
-        cpus_per_actor = cpus_per_actor or 1
         actors = actors or max(1, int(gpus // gpus_per_actor))
+        cpus_per_actor = cpus_per_actor or 1
     else:
-        cpus_per_actor = cpus_per_actor or min(4, max(1, cpus // 2))
-        actors = actors or max(1, int((cpus - max(1, cpus // 4)) // cpus_per_actor))
-    if actors * cpus_per_actor >= cpus:
-        raise ValueError(f"{actors} actors x {cpus_per_actor} CPUs leave none of the cluster's {cpus} CPUs "
+        threads = threads or (1 if cpus <= 8 else 2 if cpus <= 16 else 4)
+        actors = actors or max(1, math.ceil(0.8 * cpus / threads - 0.5))
+        cpus_per_actor = cpus_per_actor or min(float(threads), max(cpus - 1, 0.5) / actors)
+    free = cpus - actors * cpus_per_actor
+    if free <= 0:
+        raise ValueError(f"{actors} actors x {cpus_per_actor} CPUs leave no CPU of the cluster's {cpus} "
                          "to read and decode images; use fewer actors or CPUs per actor")
     return {"actors": int(actors), "num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor,
-            "threads": threads or (None if gpus_per_actor else max(1, int(cpus_per_actor)))}
+            "threads": None if gpus_per_actor else int(threads or max(1, round(cpus_per_actor))),
+            "read_cpus": min(1.0, free)}
 
 
 def _read_parts(batch: dict[str, np.ndarray], plan: InputPlan, processor: Any, batch_size: int,
@@ -124,8 +133,12 @@ def embed_with_ray(
 
     Rerunning after an interruption embeds only the shards whose part is missing.
     """
-    import ray
-    import ray.data
+    try:
+        import ray
+        import ray.data
+    except ImportError as error:
+        raise ImportError("embed_with_ray needs Ray Data: pip install 'align_hf[scale]' "
+                          "(or embed in one process with align_hf.search.embeddings.embed_to_folder)") from error
 
     driver_model, processor = load_driver_model(model, processor)
     from align_hf.search.signature import model_signature
@@ -150,7 +163,7 @@ def embed_with_ray(
                 # The memory a read task may hold (decoded photos and a batch of pixels) caps how many
                 # run at once on a node. Resources that differ from the actors' also keep Ray Data from
                 # fusing this stage into the actors: decoding keeps its own processes, beside the embedding.
-                num_cpus=1, memory=READ_TASK_MEMORY,
+                num_cpus=pool["read_cpus"], memory=READ_TASK_MEMORY,
             ).map_batches(
                 Embedder, batch_size=batch_size, batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=pool["actors"]),

@@ -1,0 +1,164 @@
+"""Where a quickstart training step spends its time, and which thread setting holds up on a busy machine.
+
+    python benchmarks/bench_quickstart.py [--rounds 2] [--steps 10]
+
+1. Threads: one training step of the quickstart model (64 px, batch 128) timed with 1 thread,
+   2 threads and 2 threads with ``OMP_WAIT_POLICY=PASSIVE``, each in its own process (the policy is
+   read when torch loads), interleaved for ``--rounds`` rounds: medians of wall ms per step. Run it
+   once on an idle machine and once while something else is busy to see both states.
+2. Components, one thread, CPU time (``time.process_time``, steady under contention): data per batch
+   streamed (decode every read) against pre-decoded (``align_hf.data.decoded``), and the model's
+   forward / backward / optimiser step with the text tower's dropout at 0.1 (BERT) and 0 (the recipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+SETTINGS = (("1 thread", 1, None), ("2 threads", 2, None), ("2 threads, OMP_WAIT_POLICY=PASSIVE", 2, "PASSIVE"))
+
+
+def _model(image_size: int, text_dropout: float, vocab_size: int = 700):
+    import torch
+
+    from align_hf.configuration_align import AlignConfig
+    from align_hf.modeling_align import AlignModel
+
+    torch.manual_seed(0)
+    config = AlignConfig.from_preset("tiny", vision_config={"image_size": image_size}, text_config={
+        "vocab_size": vocab_size, "hidden_dropout_prob": text_dropout, "attention_probs_dropout_prob": text_dropout})
+    model = AlignModel(config).train()
+    model.vision_model.to(memory_format=torch.channels_last)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
+def _batch(image_size: int, batch: int):
+    import torch
+
+    pixels = torch.randn(batch, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
+    ids = torch.randint(5, 700, (batch, 20))
+    return pixels, ids, torch.ones_like(ids)
+
+
+def step_child(threads: int, steps: int, image_size: int, batch: int) -> None:
+    """In a child process: print the median wall ms of ``steps`` training steps as JSON."""
+    import torch
+
+    torch.set_num_threads(threads)
+    model, optimizer = _model(image_size, 0.0)
+    pixels, ids, mask = _batch(image_size, batch)
+    times = []
+    for index in range(steps + 2):
+        start = time.perf_counter()
+        model(input_ids=ids, attention_mask=mask, pixel_values=pixels, return_loss=True).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if index >= 2:  # the first steps allocate
+            times.append(time.perf_counter() - start)
+    print(json.dumps({"ms": 1000 * statistics.median(times)}))
+
+
+def thread_table(rounds: int, steps: int) -> None:
+    results: dict[str, list[float]] = {name: [] for name, _, _ in SETTINGS}
+    for _ in range(rounds):
+        for name, threads, policy in SETTINGS:
+            env = dict(os.environ)
+            env.pop("OMP_WAIT_POLICY", None)
+            if policy:
+                env["OMP_WAIT_POLICY"] = policy
+            out = subprocess.run([sys.executable, __file__, "--child", str(threads), "--steps", str(steps)],
+                                 env=env, check=True, capture_output=True, text=True).stdout
+            results[name].append(json.loads(out.strip().splitlines()[-1])["ms"])
+    print(f"\n| torch threads (64 px, batch 128, one training step) | " + " | ".join(f"round {r + 1}" for r in range(rounds)) + " | vs 1 thread (median) |")
+    print("|---|" + "---|" * (rounds + 1))
+    base = statistics.median(results["1 thread"])
+    for name, values in results.items():
+        print(f"| {name} | " + " | ".join(f"{v:.0f} ms" for v in values) + f" | {statistics.median(values) / base:.2f}x |")
+
+
+def component_table(steps: int) -> None:
+    import torch
+
+    from align_hf.data import SyntheticConfig, write_synthetic_corpus
+    from align_hf.data.decoded import decode_once
+    from align_hf.data.pipeline import ImageTextLoader, build_train_stream
+    from align_hf.data.sources import load_pairs
+    from align_hf.data.transforms import LEFT_RIGHT_SWAP, ImageTextCollator, ImageTransform
+    from align_hf.data.vocab import make_tokenizer
+    from align_hf.training.factories import build_filter, preset_processor
+
+    torch.set_num_threads(1)
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        write_synthetic_corpus(root, SyntheticConfig(image_size=64, num_train=4000, zeroshot_per_class=1, num_retrieval=10),
+                               num_workers=1, progress=False)
+        with open(os.path.join(root, "vocab.txt"), encoding="utf-8") as handle:
+            tokenizer = make_tokenizer([line.strip() for line in handle if line.strip()], model_max_length=64)
+        processor = preset_processor(64, tokenizer, crop=False)
+        source = os.path.join(root, "train")
+        align_filter = build_filter("small", source, 64, False)
+        transform = ImageTransform.from_image_processor(processor.image_processor, train=True, seed=0)
+        collator = ImageTextCollator(tokenizer, max_length=64)
+        stream = iter(ImageTextLoader(build_train_stream(source, seed=0, filter=align_filter, flip_swap=LEFT_RIGHT_SWAP,
+                                                         transform=transform), collator, 128))
+        next(stream)
+        start = time.process_time()
+        for _ in range(steps):
+            next(stream)
+        rows.append(("data: streamed (decode every read)", 1000 * (time.process_time() - start) / steps))
+        start = time.process_time()
+        decoded = decode_once(load_pairs(source), transform, filter=align_filter, flip_swap=LEFT_RIGHT_SWAP, progress=False)
+        once = time.process_time() - start
+        rng = random.Random(0)
+        start = time.process_time()
+        for _ in range(steps):
+            collator([decoded[rng.randrange(len(decoded))] for _ in range(128)])
+        rows.append((f"data: pre-decoded (+{1000 * once / len(decoded):.2f} ms per pair once)", 1000 * (time.process_time() - start) / steps))
+    for dropout in (0.1, 0.0):
+        model, optimizer = _model(64, dropout)
+        pixels, ids, mask = _batch(64, 128)
+        spent = {"forward": 0.0, "backward": 0.0, "optimiser": 0.0}
+        for index in range(steps + 2):
+            t0 = time.process_time()
+            loss = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, return_loss=True).loss
+            t1 = time.process_time()
+            loss.backward()
+            t2 = time.process_time()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            t3 = time.process_time()
+            if index >= 2:
+                spent["forward"] += t1 - t0
+                spent["backward"] += t2 - t1
+                spent["optimiser"] += t3 - t2
+        for part, seconds in spent.items():
+            rows.append((f"model {part}, text dropout {dropout:g}", 1000 * seconds / steps))
+    print("\n| one thread, 64 px, batch 128 | CPU ms per step |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the thread comparison")
+    parser.add_argument("--steps", type=int, default=10, help="steps (batches) timed per measurement")
+    parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        step_child(args.child, args.steps, 64, 128)
+        return
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    thread_table(args.rounds, args.steps)
+    component_table(args.steps)
+
+
+if __name__ == "__main__":
+    main()
