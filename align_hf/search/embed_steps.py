@@ -24,9 +24,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from align_hf.search.embeddings import END_OF_SHARD
-
 logger = logging.getLogger(__name__)
+
+END_OF_SHARD = "end_of_shard"  # reason of the row closing each shard; its ``row`` is the shard's record count
 
 # Columns passed from the reader through the embedder to the writer.
 ROW_COLUMNS = ("part", "row", "ok", "reason", "key", "image_path", "caption", "has_text")
@@ -275,5 +275,5 @@ class Embedder:
         return out
 
 
-__all__ = ["ROW_COLUMNS", "TOKEN_COLUMNS", "Embedder", "InputPlan", "load_driver_model", "open_shard",
+__all__ = ["END_OF_SHARD", "ROW_COLUMNS", "TOKEN_COLUMNS", "Embedder", "InputPlan", "load_driver_model", "open_shard",
            "plan_inputs", "prepare_model", "read_shard"]

@@ -38,6 +38,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from align_hf.search.embed_steps import END_OF_SHARD
+
 logger = logging.getLogger(__name__)
 
 FORMAT = "align_hf-embeddings"
@@ -413,9 +415,6 @@ class EmbeddingWriter:
         """Save what is finished so far (after an error); a rerun resumes from there."""
         self._bar.close()
         self._save_manifest(complete=False)
-
-
-END_OF_SHARD = "end_of_shard"  # reason of the row closing each shard; its ``row`` is the shard's record count
 
 
 def embed_to_folder(

@@ -34,7 +34,7 @@ from align_hf.search.embeddings import EmbeddingWriter, PartCallback
 
 logger = logging.getLogger(__name__)
 
-READ_TASK_MEMORY = 512 * 2**20  # bytes reserved per read task
+READ_TASK_MEMORY = 2**30  # bytes reserved per read task (a worker with torch imported is ~600 MiB)
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:

@@ -92,7 +92,8 @@ def add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=min(2, _usable_cpus()), help="processes writing the corpus")
     parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (default: only at the end)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for training (default: 1; see the README's quickstart section)")
+                        help="torch threads for training (default: 1, the same speed on an idle and a busy machine; "
+                             "0: torch's choice; see the README's quickstart section)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a field of the recipe (QuickstartRecipe), e.g. --set learning_rate=1e-3")
