@@ -185,6 +185,8 @@ def _run_parallel(jobs: list[tuple], workers: int, ray_address: str | None, use_
     if not jobs:
         return results
     ray = None
+    if use_ray is None and not ray_address and (workers <= 1 or len(jobs) <= 1):
+        use_ray = False  # nothing to run side by side: starting Ray would cost more than it saves
     if use_ray is not False:
         try:
             import ray
@@ -247,7 +249,8 @@ def build_sharded(
         nlist, pq_bytes: override the IVF list count / PQ code size.
         workers: parallel shard tasks (default: CPUs, fewer if the budget says so).
         ray_address: Ray cluster to run the shard tasks on (default: a local Ray).
-        use_ray: ``None`` uses Ray when installed, ``False`` threads, ``True`` requires Ray.
+        use_ray: ``None`` uses Ray when installed and two or more shard tasks can run at once,
+            ``False`` threads, ``True`` requires Ray.
         kinds: collections to build (default: all the folder has).
         keep_shards: keep the per-part shard files after the merge.
         target_recall: for IVF, choose the smallest ``nprobe`` reaching this recall@10 against
