@@ -66,7 +66,13 @@ def _conv_padding(conv: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, tuple
         left, right, top, bottom = conv.fixed_padding
         if left == right and top == bottom:  # symmetric: the convolution pads, no copy of x
             return x, (top, left), False
-        if right == left + 1 and bottom == top + 1 and conv.groups == conv.in_channels and conv.dilation == (1, 1):
+        if (
+            right == left + 1
+            and bottom == top + 1
+            and conv.groups == conv.in_channels
+            and conv.dilation == (1, 1)
+            and not _tracing()  # exported graphs keep the plain padded form
+        ):
             return x, (bottom, right), True
         return F.pad(x, conv.fixed_padding), (0, 0), False
     if type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
@@ -125,7 +131,8 @@ def _folded_weights(conv: nn.Conv2d, bn: _BatchNorm) -> tuple[torch.Tensor, torc
 
 def _tracing() -> bool:
     """True under torch.compile, torch.jit tracing and ONNX/torch.export: plain ops only there."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    return exporting or torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:

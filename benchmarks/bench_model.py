@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
     table = []
     for (name, unit, _, _), (theirs, mine) in zip(rows, medians):
         t_rate, o_rate = args.batch_size / theirs, args.batch_size / mine
-        print(f"| {name:38s} | {unit:9s} | {t_rate:12.1f} | {o_rate:10.1f} | {o_rate / t_rate:5.2f}x |")
+        print(f"| {name:38s} | {unit:9s} | {t_rate:12.4g} | {o_rate:10.4g} | {o_rate / t_rate:5.2f}x |")
         table.append(dict(measure=name, unit=unit, transformers=t_rate, align_hf=o_rate, ratio=o_rate / t_rate))
     summary = dict(
         benchmark="bench_model", preset=args.preset, device=args.device, dtype=args.dtype,
