@@ -77,7 +77,7 @@ def thread_table(rounds: int, steps: int) -> None:
             out = subprocess.run([sys.executable, __file__, "--child", str(threads), "--steps", str(steps)],
                                  env=env, check=True, capture_output=True, text=True).stdout
             results[name].append(json.loads(out.strip().splitlines()[-1])["ms"])
-    print(f"\n| torch threads (64 px, batch 128, one training step) | " + " | ".join(f"round {r + 1}" for r in range(rounds)) + " | vs 1 thread (median) |")
+    print("\n| torch threads (64 px, batch 128, one training step) | " + " | ".join(f"round {r + 1}" for r in range(rounds)) + " | vs 1 thread (median) |")
     print("|---|" + "---|" * (rounds + 1))
     base = statistics.median(results["1 thread"])
     for name, values in results.items():

@@ -1,9 +1,9 @@
 """Training pairs decoded once and held in memory: a pre-decoded cache for small corpora.
 
 The streaming pipeline (:class:`~align_hf.data.pipeline.ImageTextPairs`) decodes every JPEG every
-time it is read. For a corpus that fits in memory (the quickstart's 20,000 images of 48 px are
-138 MB as uint8) that is wasted work repeated each epoch, done on the training thread or on a
-core the model could use. :func:`decode_once` runs the same pipeline (caption cleaning, ALIGN's
+time it is read. For a corpus that fits in memory (the 14,639 pairs the quickstart keeps are
+180 MB as 64 px uint8) that is wasted work repeated each epoch, done on the training thread or on
+a core the model could use. :func:`decode_once` runs the same pipeline (caption cleaning, ALIGN's
 filter, decoding, the same skip/filter counts) a single time, keeps each kept image as uint8
 pixels at the processor's resize size, and :class:`DecodedPairs` applies the random parts of
 ALIGN's train transform (crop, flip with caption word swaps) per sample, per epoch.
