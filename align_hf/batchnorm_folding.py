@@ -47,3 +47,20 @@ def fold_batchnorm(module: nn.Module) -> int:
                 setattr(parent, bn_name, _activation_of(bn))
                 folded += 1
     return folded
+
+
+def inference_model(model: nn.Module, channels_last: bool = True, copy: bool = True) -> nn.Module:
+    """``AlignModel.for_inference``: a copy of ``model`` (or ``model`` itself with ``copy=False``)
+    with the image tower's BatchNorm folded into the convolutions, its fast path on, channels-last
+    (unless ``channels_last=False``) and in eval mode. Same outputs to float rounding; the result
+    cannot be trained or saved."""
+    import copy as copying
+
+    model = (copying.deepcopy(model) if copy else model).eval()
+    fold_batchnorm(model.vision_model.backbone)
+    model.vision_model.set_fast_path(True)
+    model.vision_model.channels_last = channels_last
+    if channels_last:
+        model.vision_model.to(memory_format=torch.channels_last)
+    model._inference_only = True
+    return model

@@ -60,10 +60,10 @@ def _conv_padding(conv: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, tuple
     outputs are the same sums while no padded copy of ``x`` (and of its gradient) is made. Done for
     depthwise convolutions, where the extra taps cost less than the copies.
     """
-    from .image_backbone import KerasPadConv2d
-
-    if type(conv) is KerasPadConv2d:
-        left, right, top, bottom = conv.fixed_padding
+    # image_backbone.KerasPadConv2d (recognised by its attribute: that module imports this one).
+    fixed = getattr(conv, "fixed_padding", None)
+    if isinstance(conv, nn.Conv2d) and fixed is not None and conv.padding == (0, 0):
+        left, right, top, bottom = fixed
         if left == right and top == bottom:  # symmetric: the convolution pads, no copy of x
             return x, (top, left), False
         if (
@@ -74,7 +74,7 @@ def _conv_padding(conv: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, tuple
             and not _tracing()  # exported graphs keep the plain padded form
         ):
             return x, (bottom, right), True
-        return F.pad(x, conv.fixed_padding), (0, 0), False
+        return F.pad(x, fixed), (0, 0), False
     if type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
         return x, tuple(conv.padding), False
     return None

@@ -127,10 +127,8 @@ class AlignVisionModel(AlignPreTrainedModel):
     def __init__(self, config: AlignVisionConfig):
         super().__init__(config)
         self.backbone, self.embed_dim = build_image_backbone(config)
-        # The fast path (align_hf.fast_blocks), off by default so that features are bitwise those of
-        # transformers' AlignModel: channels-last activations, for which oneDNN runs EfficientNet's
-        # convolutions several times faster (the input is converted once, the outputs are returned
-        # contiguous), and in eval mode BatchNorm folded into the convolutions.
+        # The fast path (align_hf.fast_blocks; channels-last input, contiguous outputs) is off by
+        # default so that features are bitwise those of transformers' AlignModel.
         self.fast_path = False
         self.channels_last = True
         self.post_init()
@@ -410,21 +408,11 @@ class AlignModel(AlignPreTrainedModel):
         return self
 
     def for_inference(self, channels_last: bool = True, copy: bool = True) -> "AlignModel":
-        """A copy for embedding and search: BatchNorm folded into the convolutions, eval mode,
-        channels-last image tower. Same outputs (to float rounding); it cannot be trained or saved.
-        ``copy=False`` folds this model in place instead (no second copy of the weights in memory)."""
-        import copy as copying
+        """A copy for embedding and search (see :func:`~align_hf.batchnorm_folding.inference_model`):
+        BatchNorm folded, fast path on, eval mode; ``copy=False`` prepares this model in place."""
+        from .batchnorm_folding import inference_model
 
-        from .batchnorm_folding import fold_batchnorm
-
-        model = (copying.deepcopy(self) if copy else self).eval()
-        fold_batchnorm(model.vision_model.backbone)
-        model.vision_model.set_fast_path(True)
-        model.vision_model.channels_last = channels_last
-        if channels_last:
-            model.vision_model.to(memory_format=torch.channels_last)
-        model._inference_only = True
-        return model
+        return inference_model(self, channels_last=channels_last, copy=copy)
 
     def train(self, mode: bool = True):
         if mode and getattr(self, "_inference_only", False):
