@@ -307,8 +307,12 @@ class ClipBenchmarkModel(torch.nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` pixel values -> ``(B, D)``."""
+        from align_hf.evaluation.encoding import fast_path
+
         param = next(self.model.parameters())
-        return self.model.encode_image(images.to(device=param.device, dtype=param.dtype), normalize=True)
+        pixels = images.to(device=param.device, dtype=param.dtype).contiguous(memory_format=torch.channels_last)
+        with fast_path(self.model):
+            return self.model.encode_image(pixels, normalize=True)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, 2, L)`` ids and mask from :class:`ClipBenchmarkTokenizer` -> ``(B, D)``."""

@@ -56,6 +56,12 @@ class AlignTrainingArguments(TrainingArguments):
     compile_towers: bool = field(
         default=False, metadata={"help": "torch.compile both towers (AlignModel.compile_towers) before training."}
     )
+    fast_path: bool = field(
+        default=True,
+        metadata={"help": "Run the image tower on align_hf's fast path (AlignModel.set_fast_path): channels-last "
+                  "convolutions, Keras padding inside the convolution, BatchNorm folded in eval; the same results to "
+                  "float rounding. --no-fast-path repeats transformers' AlignModel op for op."},
+    )
     channels_last: bool = field(
         default=False,
         metadata={"help": "Keep the image tower and pixel batches channels-last (faster convolutions on most hardware)."},

@@ -163,6 +163,8 @@ class AlignTrainer(Trainer):
         if getattr(args, "freeze_batch_norm", False):
             count = freeze_batch_norm(model)
             logger.info("froze %d BatchNorm layers", count)
+        if getattr(args, "fast_path", True) and hasattr(model, "set_fast_path"):
+            model.set_fast_path(True)
         if getattr(args, "channels_last", False):
             model.vision_model.to(memory_format=torch.channels_last)
         if getattr(args, "compile_towers", False):
