@@ -78,7 +78,8 @@ class AlignPreTrainedModel(PreTrainedModel):
     # output, and the head's parameters are read outside its forward (logits, temperature).
     # BERT's own layers come from its _no_split_modules.
     _no_split_modules = [
-        "InvertedResidual", "DepthwiseSeparableConv", "EdgeResidual", "CondConvResidual", "ConvBnAct", "AlignContrastiveHead"
+        "InvertedResidual", "DepthwiseSeparableConv", "EdgeResidual", "CondConvResidual", "ConvBnAct", "AlignContrastiveHead",
+        "FastInvertedResidual", "FastDepthwiseSeparableConv",  # fast_blocks' subclasses of timm's blocks
     ]
 
     def _init_weights(self, module: nn.Module) -> None:

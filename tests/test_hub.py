@@ -56,6 +56,8 @@ def test_saved_folder_carries_only_the_model_code(saved, tmp_path):
         "loss_tiles.py",
         "hub.py",  # from_pretrained reads configs and weight lists through it
         "batchnorm_folding.py",  # for_inference()
+        "fast_blocks.py",  # the image tower's fast path
+        "loss_triton.py",  # the head's Triton kernels (the torch path when triton is missing)
     }
     # The processor adds its own module and the image loader it imports (AutoProcessor and the
     # pipeline load them as remote code; tests/test_remote_code.py).
