@@ -181,13 +181,13 @@ def test_searcher_composed_query_and_lazy_metadata(emb, tmp_path, monkeypatch):
     want = flat_top(images, query[None], 5)[0]
 
     opened = []
-    real = sharded_search.read_metadata
+    real = sharded_search.EmbeddingFolder.read_metadata
 
-    def counting(emb_dir, ids):
+    def counting(folder, ids):
         opened.append(sorted(int(i) for i in ids))
-        return real(emb_dir, ids)
+        return real(folder, ids)
 
-    monkeypatch.setattr(sharded_search, "read_metadata", counting)
+    monkeypatch.setattr(sharded_search.EmbeddingFolder, "read_metadata", counting)
     hits = searcher.search_vector(query, target="image", k=5)
     assert [h.id for h in hits] == want.tolist()
     assert opened == [sorted(want.tolist())]  # metadata read for the hits only
@@ -197,6 +197,9 @@ def test_searcher_composed_query_and_lazy_metadata(emb, tmp_path, monkeypatch):
     text_hits = searcher.search_vector(torch.from_numpy(image), target="text", k=3)
     assert all(h.id % 3 != 0 and h.metadata["text"] == f"caption {h.id}" for h in text_hits)
     assert read_metadata(root, [899, 0])[0]["key"] == f"{899:09d}"
+    # The demo's gallery slices the collection's metadata as it slices the flat index's row list.
+    first = searcher.index["image"].metadata[:3]
+    assert [row["id"] for row in first] == [0, 1, 2] and searcher.index["image"].metadata[:0] == []
 
 
 def test_cli_index_build_from_embeddings(emb, tmp_path, capsys):

@@ -217,7 +217,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="IVF: pick the smallest nprobe reaching this recall@10 against exact search (e.g. 0.9)")
     scale.add_argument("--keep-shards", action="store_true", help="keep the per-part shard files after the merge")
     build.set_defaults(func=run_build)
-    _register_embed(commands)
+    from align_hf.cli.embed import register_embed
+
+    register_embed(commands)
 
     query = subparsers.add_parser(
         "search",
@@ -242,12 +244,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     query.add_argument("--no-check", action="store_true", help="skip the check that --model is the index's model")
     query.set_defaults(func=run_search)
 
-
-def _register_embed(commands: argparse._SubParsersAction) -> None:
-    """``align-hf index embed`` (Ray embedding into an embedding folder), when that module is there."""
-    import importlib
-    import importlib.util
-
-    if importlib.util.find_spec("align_hf.cli.embed") is None:
-        return
-    importlib.import_module("align_hf.cli.embed").register_embed(commands)

@@ -207,13 +207,17 @@ def _run_ray(function, jobs: list[dict], plan: CountPlan, progress: bool, desc: 
     return [json.loads(row["result"]) for row in rows]
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Connect to Ray (the cluster at ``address``, else a local one with ``num_cpus``); True if we started it."""
+def init_ray(address: str | None = None, num_cpus: int | None = None, **options: Any) -> bool:
+    """Connect to Ray (the cluster at ``address``, else a local one with ``num_cpus``); True if we started it.
+
+    ``options`` go to ``ray.init`` (e.g. ``log_to_driver=False``, ``object_store_memory=...``).
+    """
     import ray
 
     if ray.is_initialized():
         return False
-    ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False, configure_logging=False)
+    ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False, configure_logging=False,
+             **options)
     return True
 
 

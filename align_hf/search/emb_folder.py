@@ -22,16 +22,13 @@ from typing import Any
 import numpy as np
 
 from align_hf.search.embeddings import FORMAT as EMB_FORMAT
-from align_hf.search.embeddings import MANIFEST, read_manifest, read_metadata
+from align_hf.search.embeddings import MANIFEST, EmbeddingFolder, read_metadata
 from align_hf.search.embeddings import part_path as _part_path
 
 
 def load_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a finished embedding folder (an unfinished one cannot be indexed yet)."""
-    manifest = read_manifest(path)
-    if not manifest.get("complete", False):
-        raise ValueError(f"{path} is an unfinished embedding build; rerun 'align-hf index embed' to complete it")
-    return manifest
+    return EmbeddingFolder(path).manifest
 
 
 def part_path(emb_dir: str | os.PathLike, kind: str, part: int) -> Path:

@@ -201,15 +201,9 @@ def prepare_model(model: Any, device: Any, dtype: Any, copy: bool = True) -> Any
 
     ``copy=False`` folds ``model`` itself (when nothing else uses it: a Ray actor's own copy).
     """
-    try:
-        from align_hf.evaluation.encoding import prepare_for_embedding
-    except ImportError:  # older align_hf: the model's own inference copy
-        prepare_for_embedding = None
-    if prepare_for_embedding is not None:
-        return prepare_for_embedding(model, device=device, dtype=dtype, copy=copy)
-    if hasattr(model, "for_inference"):
-        model = model.for_inference()
-    return model.to(device=device, dtype=dtype).eval()
+    from align_hf.evaluation.encoding import prepare_for_embedding
+
+    return prepare_for_embedding(model, device=device, dtype=dtype, copy=copy)
 
 
 class Embedder:

@@ -130,7 +130,9 @@ class EmbeddingFolder:
         self.path = Path(path)
         self.manifest = read_manifest(path)
         if require_complete and not self.manifest.get("complete"):
-            raise ValueError(f"{path} is an unfinished embedding build; rerun the embed command to complete it")
+            raise ValueError(
+                f"{path} is an unfinished embedding build; rerun 'align-hf index embed' with the same arguments to complete it"
+            )
         self.parts = sorted(self.manifest["parts"], key=lambda p: p["first_id"])
         self._first_ids = np.array([p["first_id"] for p in self.parts], dtype=np.int64)
 

@@ -43,13 +43,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     As :func:`align_hf.data.counting.init_ray`, with the workers' own logs kept out of the
     driver's output (a line per batch from every actor would bury the progress bar).
     """
-    import ray
+    from align_hf.data.counting import init_ray
 
-    if ray.is_initialized():
-        return False
-    ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-             configure_logging=False, log_to_driver=False)
-    return True
+    return init_ray(address, num_cpus, log_to_driver=False)
 
 
 def plan_resources(cluster: dict[str, float], actors: int | None = None, num_gpus: float | None = None,

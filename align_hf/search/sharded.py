@@ -195,12 +195,11 @@ def _run_parallel(jobs: list[tuple], workers: int, ray_address: str | None, use_
                 raise ImportError("Ray is not installed: pip install 'align_hf[scale]' or pass use_ray=False") from None
     bar = tqdm(total=len(jobs), desc="add shards", unit="shard", disable=not progress)
     if ray is not None:
-        if not ray.is_initialized():
-            if ray_address:
-                ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False)
-            else:  # only paths travel through the object store
-                ray.init(num_cpus=workers, object_store_memory=100 << 20, include_dashboard=False,
-                         ignore_reinit_error=True, log_to_driver=False)
+        from align_hf.data.counting import init_ray
+
+        # Only paths travel through the object store: a small one is enough for a local Ray.
+        store = {} if ray_address else {"object_store_memory": 100 << 20}
+        init_ray(ray_address, workers, log_to_driver=False, **store)
         remote = ray.remote(num_cpus=1)(add_part)
         pending = [remote.remote(*job) for job in jobs]
         while pending:

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from align_hf.search.collection import Hit
-from align_hf.search.emb_folder import PartVectors, load_manifest, part_ids, part_path, read_metadata
+from align_hf.search.emb_folder import PartVectors, load_manifest, part_ids, part_path
+from align_hf.search.embeddings import EmbeddingFolder
 from align_hf.search.faiss_index import faiss
 
 
@@ -40,6 +41,7 @@ class ShardedCollection:
         self.info = dict(info)
         self.rerank = 0
         self._vectors: PartVectors | None = None
+        self._folder: EmbeddingFolder | None = None
         self.set_search_params(**self.info.get("search_params", {}))
 
     def __len__(self) -> int:
@@ -50,9 +52,16 @@ class ShardedCollection:
         return int(self.index.d)
 
     @property
+    def folder(self) -> EmbeddingFolder:
+        """The embedding folder, its manifest read once (metadata reads go through it)."""
+        if self._folder is None:
+            self._folder = EmbeddingFolder(self.emb_dir)
+        return self._folder
+
+    @property
     def metadata(self) -> "_LazyMetadata":
-        """``collection.metadata[id]`` reads one row's metadata from parquet."""
-        return _LazyMetadata(self.emb_dir)
+        """``collection.metadata[id]`` (or ``[a:b]``) reads those rows' metadata from parquet."""
+        return _LazyMetadata(self.folder)
 
     def set_search_params(
         self, nprobe: int | None = None, ef_search: int | None = None, rerank: int | None = None,
@@ -101,7 +110,7 @@ class ShardedCollection:
         if not self.rerank:
             return scores, ids
         if self._vectors is None:
-            self._vectors = PartVectors(self.emb_dir, self.kind, load_manifest(self.emb_dir))
+            self._vectors = PartVectors(self.emb_dir, self.kind, self.folder.manifest)
         out_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
         out_i = np.full((len(queries), k), -1, dtype=np.int64)
         for q, (row_ids, query) in enumerate(zip(ids, queries)):
@@ -121,7 +130,7 @@ class ShardedCollection:
             raise ValueError(f"the {self.kind} index is empty")
         scores, ids = self.search_ids(queries, k)
         wanted = np.unique(ids[ids >= 0])
-        meta = dict(zip(wanted.tolist(), read_metadata(self.emb_dir, wanted))) if len(wanted) else {}
+        meta = dict(zip(wanted.tolist(), self.folder.read_metadata(wanted))) if len(wanted) else {}
         return [
             [
                 Hit(rank=r, id=int(i), score=float(s), kind=self.kind, metadata=_describe(meta.get(int(i), {}), self.kind))
@@ -142,11 +151,20 @@ def _describe(row: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 class _LazyMetadata:
-    def __init__(self, emb_dir: Path) -> None:
-        self.emb_dir = emb_dir
+    """Metadata rows by global id, read on access: an id gives one row, a slice a list (as the
+    flat index's list of rows does, e.g. the demo's gallery reads ``metadata[:n]``)."""
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return read_metadata(self.emb_dir, [int(i)])[0]
+    def __init__(self, folder: EmbeddingFolder) -> None:
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return self.folder.rows
+
+    def __getitem__(self, key: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(key, slice):
+            ids = range(self.folder.rows)[key]
+            return self.folder.read_metadata(list(ids)) if len(ids) else []
+        return self.folder.read_metadata([int(key)])[0]
 
 
 def load_collection(directory: Path, kind: str, info: dict[str, Any], emb_dir: Path) -> ShardedCollection:
