@@ -153,6 +153,7 @@ def _softmax_partial(
     """Sum over local pairs of (CE_i2t + CE_t2i) / 2; ``x_all=None`` means single process."""
     eps = float(label_smoothing)
     check_backend(backend)  # resolved inside the tile ops, at run time
+    backend = backend or "auto"  # the ops' schema takes a string; None means "auto" as documented
     if x_all is None:
         # One pass: rows give image->text, columns text->image.
         ce_i2t, ce_t2i, max_i2t, max_t2i, label_i2t = TiledCrossEntropy.apply(

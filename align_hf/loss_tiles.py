@@ -282,14 +282,15 @@ def _backward_tiles(
     acc = accumulation_dtype(x.dtype)
     xc, yc = _operand(x), _operand(y)
     s = scale.to(acc)
-    xs, tile_scale = _scaled_rows(xc, s)
+    fused = loss_triton.resolve_backend(backend, x, sigmoid) == "triton"
+    # The kernel scales inside; the torch tiles want the scale folded into the rows once.
+    xs, tile_scale = (xc, None) if fused else _scaled_rows(xc, s)
     g_row = grad_row.to(acc)
     g_col = grad_col.to(acc)
     # gx = G @ y and gy = G^T @ x, both without the scale (applied once at the end).
     gx = torch.zeros(n, x.shape[1], dtype=acc, device=x.device)
     gy = torch.zeros(m, y.shape[1], dtype=acc, device=x.device)
     gbias = torch.zeros((), dtype=acc, device=x.device)
-    fused = loss_triton.resolve_backend(backend, x, sigmoid) == "triton"
     if fused:
         # The kernel reads these as unit-stride vectors; autograd hands in expanded ones.
         g_row, g_col = g_row.contiguous(), g_col.contiguous()
@@ -303,19 +304,17 @@ def _backward_tiles(
                     xi, yj, s, row_lse[i0:i1], g_row[i0:i1],
                     col_lse[j0:j1] if columns else None, g_col[j0:j1] if columns else None,
                 )
-                _addmm_(gx[i0:i1], grad, yj)
-                _addmm_(gy[j0:j1], grad.T, xi)
-                continue
-            scores = _scaled(_mm(xsi, yj.T, acc), tile_scale)
-            if sigmoid:
-                grad = scores.add_(bias.to(acc)).sigmoid_().mul_(g_row[i0:i1, None])
-                gbias += grad.sum()
             else:
-                grad = (scores - row_lse[i0:i1, None]).exp_().mul_(g_row[i0:i1, None])
-                if columns:
-                    grad += scores.sub_(col_lse[None, j0:j1]).exp_().mul_(g_col[None, j0:j1])
-            # Low-precision operands: the gradient tile joins them in that dtype (fp32 sums).
-            grad = grad.to(xi.dtype)
+                scores = _scaled(_mm(xsi, yj.T, acc), tile_scale)
+                if sigmoid:
+                    grad = scores.add_(bias.to(acc)).sigmoid_().mul_(g_row[i0:i1, None])
+                    gbias += grad.sum()
+                else:
+                    grad = (scores - row_lse[i0:i1, None]).exp_().mul_(g_row[i0:i1, None])
+                    if columns:
+                        grad += scores.sub_(col_lse[None, j0:j1]).exp_().mul_(g_col[None, j0:j1])
+                # Low-precision operands: the gradient tile joins them in that dtype (fp32 sums).
+                grad = grad.to(xi.dtype)
             _addmm_(gx[i0:i1], grad, yj)
             _addmm_(gy[j0:j1], grad.T, xi)
     xa, ya = xc.to(acc), yc.to(acc)
