@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 try:  # timm's block classes; the module moved between timm versions
-    from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
+    from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
     from timm.models.efficientnet import EfficientNet
 except ImportError:  # pragma: no cover - guards a timm refactor
-    DepthwiseSeparableConv = InvertedResidual = EfficientNet = None
+    DepthwiseSeparableConv = InvertedResidual = EfficientNet = SqueezeExcite = None
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 
@@ -93,6 +93,25 @@ def _run_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     x, padding, shift = prepared
     weight = _shifted(conv.weight) if shift else conv.weight
     return F.conv2d(x, weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
+
+
+def squeeze_excite(se: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm's ``SqueezeExcite`` on ``x`` ``(B, C, H, W)``, the same sums in a faster form; other
+    modules are called as they are.
+
+    The squeeze is a sum divided by ``H * W`` rather than ``mean``: the gradient of ``mean`` comes
+    back as a contiguous NCHW tensor, and adding it to the channels-last gradient of the gating
+    product is a strided copy that cost as much as the rest of the block's excitation; the
+    gradient of ``sum`` is a broadcast view that adds at full speed. The two 1x1 convolutions on
+    a ``1 x 1`` map run as matrix products on ``(B, C)``.
+    """
+    if SqueezeExcite is None or type(se) is not SqueezeExcite or _tracing():
+        return se(x)
+    squeezed = x.sum((2, 3)) / (x.shape[2] * x.shape[3])
+    reduce, expand = se.conv_reduce, se.conv_expand
+    hidden = se.act1(F.linear(squeezed, reduce.weight.flatten(1), reduce.bias))
+    gate = se.gate(F.linear(hidden, expand.weight.flatten(1), expand.bias))
+    return x * gate[:, :, None, None]
 
 
 def _fold_key(conv: nn.Conv2d, bn: _BatchNorm) -> tuple:
@@ -202,7 +221,7 @@ if EfficientNet is not None:
                 return super().forward(x)
             shortcut = x
             x = conv_bn_act(self.conv_dw, self.bn1, x)
-            x = self.se(self.aa(x))
+            x = squeeze_excite(self.se, self.aa(x))
             residual = shortcut if self.has_skip else None
             return conv_bn_act(self.conv_pw, self.bn2, x, residual=residual, drop_path=self.drop_path)
 
@@ -217,7 +236,7 @@ if EfficientNet is not None:
             shortcut = x
             x = conv_bn_act(self.conv_pw, self.bn1, x)
             x = conv_bn_act(self.conv_dw, self.bn2, x)
-            x = self.se(self.aa(x))
+            x = squeeze_excite(self.se, self.aa(x))
             residual = shortcut if self.has_skip else None
             return conv_bn_act(self.conv_pwl, self.bn3, x, residual=residual, drop_path=self.drop_path)
 
