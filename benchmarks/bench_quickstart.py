@@ -2,10 +2,12 @@
 
     python benchmarks/bench_quickstart.py [--rounds 2] [--steps 10]
 
-1. Threads: one training step of the quickstart model (64 px, batch 128) timed with 1 thread,
-   2 threads and 2 threads with ``OMP_WAIT_POLICY=PASSIVE``, each in its own process (the policy is
-   read when torch loads), interleaved for ``--rounds`` rounds: medians of wall ms per step. Run it
-   once on an idle machine and once while something else is busy to see both states.
+1. Threads and allocator: one training step of the quickstart model (64 px, batch 128, fast path
+   on) timed with 1 thread, 2 threads, 2 threads with ``OMP_WAIT_POLICY=PASSIVE``, and 1 and 2
+   threads with glibc keeping freed memory (``align_hf.training.allocator``, which the quickstart
+   turns on), each in its own process (the policy is read when torch loads), interleaved for
+   ``--rounds`` rounds: medians of wall ms per step. Run it once on an idle machine and once while
+   something else is busy to see both states.
 2. Components, one thread, CPU time (``time.process_time``, steady under contention): data per batch
    streamed (decode every read) against pre-decoded (``align_hf.data.decoded``), and the model's
    forward / backward / optimiser step with the text tower's dropout at 0.1 (BERT) and 0 (the recipe).
@@ -23,7 +25,14 @@ import sys
 import tempfile
 import time
 
-SETTINGS = (("1 thread", 1, None), ("2 threads", 2, None), ("2 threads, OMP_WAIT_POLICY=PASSIVE", 2, "PASSIVE"))
+# (name, torch threads, OMP_WAIT_POLICY, glibc keeps freed memory: align_hf.training.allocator)
+SETTINGS = (
+    ("1 thread", 1, None, False),
+    ("2 threads", 2, None, False),
+    ("2 threads, OMP_WAIT_POLICY=PASSIVE", 2, "PASSIVE", False),
+    ("1 thread, freed memory kept (the quickstart)", 1, None, True),
+    ("2 threads, freed memory kept", 2, None, True),
+)
 
 
 def _model(image_size: int, text_dropout: float, vocab_size: int = 700):
@@ -35,7 +44,7 @@ def _model(image_size: int, text_dropout: float, vocab_size: int = 700):
     torch.manual_seed(0)
     config = AlignConfig.from_preset("tiny", vision_config={"image_size": image_size}, text_config={
         "vocab_size": vocab_size, "hidden_dropout_prob": text_dropout, "attention_probs_dropout_prob": text_dropout})
-    model = AlignModel(config).train()
+    model = AlignModel(config).train().set_fast_path(True)  # as the quickstart's trainer runs it
     model.vision_model.to(memory_format=torch.channels_last)
     return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
 
@@ -48,11 +57,15 @@ def _batch(image_size: int, batch: int):
     return pixels, ids, torch.ones_like(ids)
 
 
-def step_child(threads: int, steps: int, image_size: int, batch: int) -> None:
+def step_child(threads: int, steps: int, image_size: int, batch: int, keep_memory: bool) -> None:
     """In a child process: print the median wall ms of ``steps`` training steps as JSON."""
     import torch
 
+    from align_hf.training.allocator import keep_freed_memory
+
     torch.set_num_threads(threads)
+    if keep_memory and not keep_freed_memory():
+        raise SystemExit("this C library has no mallopt: the 'freed memory kept' rows need glibc")
     model, optimizer = _model(image_size, 0.0)
     pixels, ids, mask = _batch(image_size, batch)
     times = []
@@ -67,14 +80,15 @@ def step_child(threads: int, steps: int, image_size: int, batch: int) -> None:
 
 
 def thread_table(rounds: int, steps: int) -> None:
-    results: dict[str, list[float]] = {name: [] for name, _, _ in SETTINGS}
+    results: dict[str, list[float]] = {name: [] for name, *_ in SETTINGS}
     for _ in range(rounds):
-        for name, threads, policy in SETTINGS:
+        for name, threads, policy, keep_memory in SETTINGS:
             env = dict(os.environ)
             env.pop("OMP_WAIT_POLICY", None)
             if policy:
                 env["OMP_WAIT_POLICY"] = policy
-            out = subprocess.run([sys.executable, __file__, "--child", str(threads), "--steps", str(steps)],
+            command = [sys.executable, __file__, "--child", str(threads), "--steps", str(steps)]
+            out = subprocess.run(command + (["--keep-memory"] if keep_memory else []),
                                  env=env, check=True, capture_output=True, text=True).stdout
             results[name].append(json.loads(out.strip().splitlines()[-1])["ms"])
     print("\n| torch threads (64 px, batch 128, one training step) | " + " | ".join(f"round {r + 1}" for r in range(rounds)) + " | vs 1 thread (median) |")
@@ -151,9 +165,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the thread comparison")
     parser.add_argument("--steps", type=int, default=10, help="steps (batches) timed per measurement")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--keep-memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        step_child(args.child, args.steps, 64, 128)
+        step_child(args.child, args.steps, 64, 128, args.keep_memory)
         return
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     thread_table(args.rounds, args.steps)

@@ -72,4 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(result or 0)
 
 
-__all__ = ["COMMAND_MODULES", "build_parser", "log_level", "main"]
+def console_main(argv: Sequence[str] | None = None) -> int:
+    """The ``align-hf`` program: :func:`main` in a process of its own, where glibc is first told to
+    keep freed memory for reuse (training and embedding steps then stop paying for page faults;
+    see :mod:`align_hf.training.allocator`, ``ALIGN_HF_KEEP_FREED_MEMORY=0`` turns it off). Code
+    that calls :func:`main` inside a longer-lived process keeps that process's allocator as it is."""
+    from align_hf.training.allocator import keep_freed_memory
+
+    keep_freed_memory()
+    return main(argv)
+
+
+__all__ = ["COMMAND_MODULES", "build_parser", "console_main", "log_level", "main"]

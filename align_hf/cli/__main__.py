@@ -2,6 +2,6 @@
 
 import sys
 
-from align_hf.cli import main
+from align_hf.cli import console_main
 
-sys.exit(main())
+sys.exit(console_main())
