@@ -4,7 +4,10 @@
     (b) today's ``align-hf index build`` (``open_images`` + ``CrossModalIndex.build``, flat index)
     (c) ``align-hf index embed`` on Ray Data: a local Ray (started once, its start-up timed apart)
         with read tasks decoding and an embedding actor pool
-    plus, for reference, the same embedding folder written by one process (``--no-ray``).
+    plus, for reference, the same embedding folder written by one process (``--no-ray``), and
+    (b0) ``index build`` as it was at ``--baseline-rev`` (default be563d0, before the Ray path and
+        the image tower's fast path: images decoded one by one in the main thread, eager BatchNorm),
+        run from a git worktree of that commit in a subprocess; only its build call is timed.
 
 Same weights everywhere (EfficientNet-B0 widths, 4-layer BERT 256 wide, ``--image-size`` px, the
 configuration of ``bench_model.py``), same synthetic JPEG files (smooth random images), images
@@ -52,7 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cpus-per-actor", type=float, default=None, help="CPUs reserved per Ray actor (default: plan_resources)")
     parser.add_argument("--main-threads", type=int, default=None,
                         help="torch threads of this process, for (a), (b) and --no-ray (default: torch's choice)")
-    parser.add_argument("--methods", default="a,b,c,one", help="comma list of a, b, c, one (default: all)")
+    parser.add_argument("--methods", default="a,b0,b,c,one", help="comma list of a, b0, b, c, one (default: all)")
+    parser.add_argument("--baseline-rev", default="be563d0",
+                        help="commit whose index build is (b0) (default: be563d0, before the Ray and fast paths)")
     parser.add_argument("--workdir", default=None, help="where files go (default: a temporary folder)")
     return parser.parse_args(argv)
 
@@ -82,6 +87,52 @@ def write_images(folder: Path, count: int, size: tuple[int, int], fmt: str, per_
         for i in range(count):
             writer.write({"__key__": f"{i:06d}", "jpg": jpeg(i)})
     return str(target)
+
+
+BASELINE_SCRIPT = r"""
+import json, sys, time
+from pathlib import Path
+from align_hf import AlignModel, AlignProcessor
+from align_hf.cli.search import open_images
+from align_hf.search import CrossModalIndex
+model_dir, source, out, batch = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+model, processor = AlignModel.from_pretrained(model_dir).eval(), AlignProcessor.from_pretrained(model_dir)
+start = time.perf_counter()
+images, column, _ = open_images(source, None, "train", out / "partial")
+index = CrossModalIndex.build(model, processor, out, images=images, image_column=column or "image",
+                              index_type="flat", batch_size=batch, progress=False)
+print(json.dumps({"seconds": time.perf_counter() - start, "rows": len(index["image"])}))
+"""
+
+
+def baseline_worktree(rev: str, work: Path) -> Path:
+    """A git worktree of this repository at ``rev`` (removed by :func:`drop_worktree`)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    tree = work / f"baseline-{rev}"
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", "--force", str(tree), rev],
+                   check=True, capture_output=True)
+    return tree
+
+
+def drop_worktree(tree: Path) -> None:
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)], capture_output=True)
+
+
+def run_baseline(tree: Path, model_dir: str, source: str, out: Path, batch: int) -> tuple[float, int]:
+    """(seconds of the build call, rows) of the old ``index build`` code in a subprocess."""
+    import json
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run([sys.executable, "-c", BASELINE_SCRIPT, model_dir, source, str(out), str(batch)],
+                          cwd=str(tree), env=env, check=True, capture_output=True, text=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result["seconds"], result["rows"]
 
 
 def build_models(image_size: int, folder: Path) -> tuple[Any, Any, Any, str]:
@@ -179,7 +230,16 @@ def run(args: argparse.Namespace) -> list[dict]:
                               actors=args.actors, threads=args.threads, cpus_per_actor=args.cpus_per_actor,
                               on_part=timer("c"))["rows"]
 
+    tree = baseline_worktree(args.baseline_rev, work) if "b0" in methods else None
+    timed_inside: dict[str, float] = {}
+
+    def run_b0(out: Path) -> int:
+        seconds, rows = run_baseline(tree, model_dir, source, out, args.batch)
+        timed_inside["b0"] = seconds
+        return rows
+
     runners = {"a": ("(a) transformers AlignModel, plain loop", lambda out: run_a()),
+               "b0": (f"(b0) align-hf index build at {args.baseline_rev}", run_b0),
                "b": ("(b) align-hf index build (today)", run_b),
                "one": ("    align-hf index embed --no-ray", run_one),
                "c": ("(c) align-hf index embed (Ray Data)", run_c)}
@@ -194,7 +254,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             out = work / f"out-{method}-{repeat}"
             start = time.perf_counter()
             done = runners[method][1](out)
-            times[method].append(time.perf_counter() - start)
+            times[method].append(timed_inside.pop(method, time.perf_counter() - start))
             if done != count:
                 raise RuntimeError(f"{method} embedded {done} of {count} images")
             shutil.rmtree(out, ignore_errors=True)
@@ -203,23 +263,27 @@ def run(args: argparse.Namespace) -> list[dict]:
         import ray
 
         ray.shutdown()
+    if tree is not None:
+        drop_worktree(tree)
     rows = []
     base = count / statistics.median(times["b"]) if "b" in times else None
+    base0 = count / statistics.median(times["b0"]) if "b0" in times else None
     for method in methods:
         rate = count / statistics.median(times[method])
         after = statistics.median(steady[method]) if steady.get(method) else None
         rows.append({"method": runners[method][0], "images_per_s": rate, "vs_b": rate / base if base else None,
-                     "steady_images_per_s": after, "seconds": times[method]})
+                     "vs_b0": rate / base0 if base0 else None, "steady_images_per_s": after, "seconds": times[method]})
     print(f"{count} JPEGs {args.photo_size[0]}x{args.photo_size[1]} ({args.format}, {len(plan.labels)} shards), "
           f"{args.image_size}px B0 + BERT 4x256, batch {args.batch}, {os.cpu_count()} CPUs, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads here), median of {args.repeats}"
           + (f"; Ray start-up {ray_start:.1f} s, not counted" if ray_start else ""))
-    print(f"| {'method':42s} | {'images/s':>9s} | {'vs (b)':>7s} | {'after 1st shard':>15s} |")
-    print(f"|{'-' * 44}|{'-' * 11}|{'-' * 9}|{'-' * 17}|")
+    print(f"| {'method':42s} | {'images/s':>9s} | {'vs (b0)':>7s} | {'vs (b)':>7s} | {'after 1st shard':>15s} |")
+    print(f"|{'-' * 44}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 17}|")
     for row in rows:
+        ratio0 = f"{row['vs_b0']:.2f}x" if row["vs_b0"] else "-"
         ratio = f"{row['vs_b']:.2f}x" if row["vs_b"] else "-"
         after = f"{row['steady_images_per_s']:.1f}" if row["steady_images_per_s"] else "-"
-        print(f"| {row['method']:42s} | {row['images_per_s']:9.1f} | {ratio:>7s} | {after:>15s} |")
+        print(f"| {row['method']:42s} | {row['images_per_s']:9.1f} | {ratio0:>7s} | {ratio:>7s} | {after:>15s} |")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return rows

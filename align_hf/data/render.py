@@ -60,8 +60,12 @@ def background(tone: str, texture: str, size: int, rng: np.random.Generator) -> 
     grey += rng.standard_normal(grey.shape, dtype=np.float32) * noise
     # A faint colour cast keeps backgrounds from being perfectly neutral, as photos never are.
     cast = rng.uniform(-6, 6, size=3).astype(np.float32)
-    rgb = grey[..., None] + cast
-    return np.clip(rgb, 0, 255).astype(np.uint8)
+    # One contiguous plane per channel: numpy broadcasts ``grey[..., None] + cast`` over an inner
+    # axis of 3 about 10x slower, and the corpus draws tens of thousands of backgrounds.
+    rgb = np.empty((size, size, 3), dtype=np.uint8)
+    for channel in range(3):
+        rgb[..., channel] = np.clip(grey + cast[channel], 0, 255)
+    return rgb
 
 
 def _rotate(points: Sequence[tuple[float, float]], cx: float, cy: float, angle: float) -> list[tuple[float, float]]:
