@@ -10,13 +10,29 @@ import torch
 from torch import nn
 
 
-def _fold(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> None:
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    bias = bn.bias - bn.running_mean * scale
+def folded_conv_bn(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight ``(O, I, kh, kw)`` and bias ``(O,)`` of ``conv`` followed by eval-mode ``bn``.
+
+    Computed in fp32 and cast back to the convolution's dtype: in bf16 or fp16 the rounding of the
+    per-channel scale would otherwise land on every weight. Shared by :func:`fold_batchnorm` and
+    the fast path's on-the-fly folding so that both give the same weights.
+    """
+    weight = conv.weight
+    scale = torch.rsqrt(bn.running_var.float() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.float()
+    shift = -bn.running_mean.float() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.float()
     if conv.bias is not None:
-        bias = bias + conv.bias * scale
-    conv.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-    conv.bias = nn.Parameter(bias.to(conv.weight.dtype))
+        shift = shift + conv.bias.float() * scale
+    return (weight.float() * scale.reshape(-1, 1, 1, 1)).to(weight.dtype), shift.to(weight.dtype)
+
+
+def _fold(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    weight, bias = folded_conv_bn(conv, bn)
+    conv.weight.copy_(weight)
+    conv.bias = nn.Parameter(bias)
 
 
 def _activation_of(bn: nn.Module) -> nn.Module:

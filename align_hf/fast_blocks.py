@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batchnorm_folding import folded_conv_bn
+
 try:  # timm's block classes; the module moved between timm versions
     from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
     from timm.models.efficientnet import EfficientNet
@@ -131,17 +133,7 @@ def _folded_weights(conv: nn.Conv2d, bn: _BatchNorm) -> tuple[torch.Tensor, torc
         hit = getattr(conv, "_align_folded", None)
         if hit is not None and hit[0] == key:
             return hit[1], hit[2]
-    weight = conv.weight
-    scale = torch.rsqrt(bn.running_var.float() + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight.float()
-    shift = -bn.running_mean.float() * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias.float()
-    if conv.bias is not None:
-        shift = shift + conv.bias.float() * scale
-    folded_w = (weight.float() * scale.reshape(-1, 1, 1, 1)).to(weight.dtype)
-    folded_b = shift.to(weight.dtype)
+    folded_w, folded_b = folded_conv_bn(conv, bn)
     if cache:
         # A plain attribute, not a buffer: never saved, recomputed after any weight update.
         object.__setattr__(conv, "_align_folded", (key, folded_w, folded_b))

@@ -91,6 +91,22 @@ def test_ivf_with_refinement_agrees_with_exact_search():
         build_faiss_index(base[:100], "ivf")
 
 
+def test_set_search_params_applies_only_the_knobs_an_index_has():
+    import faiss
+
+    flat = faiss.IndexFlatIP(8)
+    search.set_search_params(flat, ef_search=50, nprobe=4, k_factor=2.0)  # none apply: no error
+    hnsw = faiss.IndexIDMap2(faiss.IndexHNSWFlat(8, 16, faiss.METRIC_INNER_PRODUCT))
+    search.set_search_params(hnsw, ef_search=50, nprobe=4)
+    assert faiss.downcast_index(hnsw.index).hnsw.efSearch == 50
+    ivf = faiss.index_factory(8, "IVF16_HNSW32,Flat", faiss.METRIC_INNER_PRODUCT)
+    search.set_search_params(ivf, nprobe=40, ef_search=7)
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(ivf).quantizer)
+    assert faiss.extract_index_ivf(ivf).nprobe == 40 and quantizer.hnsw.efSearch == 80  # 2 x nprobe
+    search.set_search_params(ivf, quantizer_ef=300)
+    assert quantizer.hnsw.efSearch == 300
+
+
 def test_choose_index_type_by_size_and_memory():
     assert choose_index_type(10_000, 640) == "flat"
     n = 1_000_000

@@ -99,6 +99,18 @@ def test_sharded_pq_reranked_is_close_to_flat_and_exact_search_streams(emb, tmp_
     np.testing.assert_allclose(scores[:, 0], np.einsum("qd,qd->q", queries, images[ids[:, 0]]), atol=1e-5)
 
 
+def test_exact_search_skips_captionless_text_rows(emb):
+    root, _, texts, centres = emb
+    keep = np.any(texts != 0, axis=1)
+    queries = clustered(5, 7, centres)
+    scores, ids = exact_search(root, queries, k=len(texts), kind="text", chunk=100)
+    # Every query finds exactly the captioned rows; the k - 600 slots left over stay empty.
+    assert ((ids >= 0).sum(axis=1) == keep.sum()).all() and np.isneginf(scores[ids < 0]).all()
+    assert not np.isin(ids, np.flatnonzero(~keep)).any()
+    for row, want in zip(ids[:, :10], flat_top(texts, queries, 10, keep)):
+        assert set(row.tolist()) == set(want.tolist())
+
+
 def test_small_collections_stay_flat_with_global_ids(emb, tmp_path):
     root, images, _, _ = emb
     assert plan_index(900, DIM)["index_type"] == "flat"

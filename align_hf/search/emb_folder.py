@@ -8,22 +8,22 @@ Layout (written by ``align-hf index embed``)::
     EMB/metadata/metadata_{i:05d}.parquet   id, key, image_path, caption, source
     EMB/align_manifest.json                 model signature, dim, dtype, parts (rows, first_id)
 
-Reading the manifest and metadata is :mod:`align_hf.search.embeddings`'s; this module adds what
-the index needs on top (random access to vectors by id) and a writer for synthetic collections.
+Reading and writing the files is :mod:`align_hf.search.embeddings`'s; this module adds what
+the index needs on top (random access to vectors by id) and a writer for synthetic collections
+(the same files ``align-hf index embed`` writes, without a model).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from align_hf.search import embeddings
 from align_hf.search.embeddings import FORMAT as EMB_FORMAT
-from align_hf.search.embeddings import MANIFEST, EmbeddingFolder, read_metadata
-from align_hf.search.embeddings import part_path as _part_path
+from align_hf.search.embeddings import MANIFEST, EmbeddingFolder, part_path, read_metadata
 
 
 def load_manifest(path: str | os.PathLike) -> dict[str, Any]:
@@ -31,13 +31,8 @@ def load_manifest(path: str | os.PathLike) -> dict[str, Any]:
     return EmbeddingFolder(path).manifest
 
 
-def part_path(emb_dir: str | os.PathLike, kind: str, part: int) -> Path:
-    """``EMB/img_emb/img_emb_{part:05d}.npy`` (kind ``image``), ``text_emb`` (``text``) or the metadata parquet."""
-    return _part_path(emb_dir, kind, part)
-
-
 def metadata_path(emb_dir: str | os.PathLike, part: int) -> Path:
-    return _part_path(emb_dir, "metadata", part)
+    return part_path(emb_dir, "metadata", part)
 
 
 def kinds_present(emb_dir: str | os.PathLike, manifest: dict[str, Any]) -> list[str]:
@@ -50,6 +45,13 @@ def kinds_present(emb_dir: str | os.PathLike, manifest: dict[str, Any]) -> list[
 def part_ids(emb_dir: str | os.PathLike, entry: dict[str, Any]) -> np.ndarray:
     """``(rows,)`` int64 global ids of one part: ``first_id + row`` (the manifest's contract)."""
     return np.arange(entry["first_id"], entry["first_id"] + entry["rows"], dtype=np.int64)
+
+
+def nonzero_rows(vectors: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``vectors`` and ``ids`` without the all-zero rows: the text vectors of samples without a
+    caption, which no index holds (they would score 0 against every query)."""
+    keep = np.any(vectors != 0, axis=1)
+    return vectors[keep], ids[keep]
 
 
 class PartVectors:
@@ -106,45 +108,33 @@ def write_part(
     Returns:
         the manifest's ``parts`` entry.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    emb_dir = Path(emb_dir)
     rows = len(image if image is not None else text)
     for kind, vectors in (("image", image), ("text", text)):
-        if vectors is None:
-            continue
-        path = part_path(emb_dir, kind, part)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(f"{path}.tmp", "wb") as f:
-            np.save(f, vectors)
-        os.replace(f"{path}.tmp", path)
+        if vectors is not None:
+            embeddings.save_npy(part_path(emb_dir, kind, part), vectors)
     ids = np.arange(first_id, first_id + rows, dtype=np.int64)
-    table = pa.table({
+    info = {"part": part, "source": source or f"part-{part:05d}", "rows": rows, "skipped": 0, "first_id": first_id}
+    columns = {
         "id": ids,
         "key": [f"{i:09d}" for i in ids],
         "image_path": [f"{source or 'part'}/{i:09d}.jpg" for i in ids],
         "caption": list(captions) if captions is not None else [""] * rows,
-        "source": [source or f"part-{part:05d}"] * rows,
-    })
-    path = metadata_path(emb_dir, part)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, f"{path}.tmp")
-    os.replace(f"{path}.tmp", path)
-    return {"part": part, "source": source or f"part-{part:05d}", "rows": rows, "skipped": 0, "first_id": first_id}
+        "source": [info["source"]] * rows,
+    }
+    embeddings.save_metadata(metadata_path(emb_dir, part), columns, info)
+    return info
 
 
 def write_manifest(emb_dir: str | os.PathLike, parts: list[dict[str, Any]], dim: int, dtype: str,
                    model: dict[str, Any] | None = None, modalities: tuple[str, ...] = ("image", "text")) -> None:
     """Write ``align_manifest.json`` for ``parts`` (entries from :func:`write_part`)."""
     manifest = {
-        "format": EMB_FORMAT, "version": 1, "complete": True,
+        "format": EMB_FORMAT, "version": embeddings.FORMAT_VERSION, "complete": True,
         "model": model or {"model_id": "", "embedding_dim": dim, "probe_embedding": []},
         "dim": dim, "dtype": dtype, "modalities": list(modalities), "parts": parts,
         "rows": sum(p["rows"] for p in parts), "skipped": sum(p["skipped"] for p in parts),
     }
-    path = Path(emb_dir) / MANIFEST
-    path.write_text(json.dumps(manifest))  # a synthetic folder is written in one go
+    embeddings.write_manifest(emb_dir, manifest)
 
 
 __all__ = [
@@ -154,6 +144,7 @@ __all__ = [
     "kinds_present",
     "load_manifest",
     "metadata_path",
+    "nonzero_rows",
     "part_ids",
     "part_path",
     "read_metadata",

@@ -71,7 +71,8 @@ def _replace_with(path: Path, write: Callable[[Path], None]) -> None:
     os.replace(temporary, path)
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """Write one part's ``(rows, D)`` vectors atomically."""
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
             np.save(handle, np.ascontiguousarray(array))
@@ -79,7 +80,8 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     _replace_with(path, write)
 
 
-def _save_metadata(path: Path, columns: dict[str, Sequence], info: dict) -> None:
+def save_metadata(path: Path, columns: dict[str, Sequence], info: dict) -> None:
+    """Write one part's metadata parquet atomically, with the part's record ``info`` in its footer."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -203,7 +205,7 @@ def _renumber(root: Path, info: dict, first_id: int) -> dict:
     columns = pq.read_table(path).to_pydict()
     columns["id"] = list(range(first_id, first_id + info["rows"]))
     info = {**info, "first_id": first_id}
-    _save_metadata(path, columns, info)
+    save_metadata(path, columns, info)
     return info
 
 
@@ -346,12 +348,12 @@ class EmbeddingWriter:
         first_id = self.rows
         count = int(ok.sum())
         image = rows["image_emb"][ok] if segments else np.zeros((0, self.dim), np.float32)
-        _save_npy(part_path(self.root, "image", part), image.astype(self.dtype))
+        save_npy(part_path(self.root, "image", part), image.astype(self.dtype))
         has_text = 0
         if self.text:
             text = rows["text_emb"][ok] if segments else np.zeros((0, self.dim), np.float32)
             has_text = int(rows["has_text"][ok].sum()) if segments else 0
-            _save_npy(part_path(self.root, "text", part), text.astype(self.dtype))
+            save_npy(part_path(self.root, "text", part), text.astype(self.dtype))
         source = self.sources[part]
         skipped = [
             {"key": str(k), "source": source, "reason": str(r)}
@@ -369,7 +371,7 @@ class EmbeddingWriter:
             "caption": [str(v) for v in rows["caption"][ok]] if segments else [],
             "source": [source] * count,
         }
-        _save_metadata(part_path(self.root, "metadata", part), columns, info)  # last: marks the part complete
+        save_metadata(part_path(self.root, "metadata", part), columns, info)  # last: marks the part complete
         self._account(info, resumed=False)
 
     def _account(self, info: dict, resumed: bool) -> None:
@@ -419,6 +421,21 @@ class EmbeddingWriter:
         self._save_manifest(complete=False)
 
 
+def start_build(model: Any, processor: Any, inputs: Any, output: str | os.PathLike, *, text: bool, fp16: bool,
+                image_column: str | None, caption_column: str | None, split: str, overwrite: bool,
+                on_part: PartCallback | None, progress: bool) -> tuple[Any, Any, Any, EmbeddingWriter]:
+    """``(model, processor, input plan, writer)``: the driver's side of a build, the same for both
+    engines so that they write the same parts under the same plan and model signature."""
+    from align_hf.search.embed_steps import load_driver_model, plan_inputs
+    from align_hf.search.signature import model_signature
+
+    model, processor = load_driver_model(model, processor)
+    plan = plan_inputs(inputs, image_column, caption_column, split)
+    writer = EmbeddingWriter(output, plan.labels, plan.fingerprint, model_signature(model, processor), text=text,
+                             fp16=fp16, overwrite=overwrite, on_part=on_part, progress=progress)
+    return model, processor, plan, writer
+
+
 def embed_to_folder(
     model: Any,
     processor: Any,
@@ -456,14 +473,11 @@ def embed_to_folder(
     Returns:
         The final manifest.
     """
-    from align_hf.search.embed_steps import Embedder, load_driver_model, plan_inputs, read_shard
-    from align_hf.search.signature import model_signature
+    from align_hf.search.embed_steps import Embedder, read_shard
 
-    model, processor = load_driver_model(model, processor)
-    plan = plan_inputs(inputs, image_column, caption_column, split)
-    signature = model_signature(model, processor)
-    writer = EmbeddingWriter(output, plan.labels, plan.fingerprint, signature, text=text, fp16=fp16,
-                             overwrite=overwrite, on_part=on_part, progress=progress)
+    model, processor, plan, writer = start_build(
+        model, processor, inputs, output, text=text, fp16=fp16, image_column=image_column,
+        caption_column=caption_column, split=split, overwrite=overwrite, on_part=on_part, progress=progress)
     try:
         if writer.todo:
             embedder = Embedder(model, dim=writer.dim, device=device, prepare=prepare)
@@ -479,5 +493,5 @@ def embed_to_folder(
 __all__ = [
     "END_OF_SHARD", "FOLDERS", "FORMAT", "FORMAT_VERSION", "MANIFEST", "METADATA_COLUMNS", "EmbeddingFolder",
     "EmbeddingWriter", "embed_to_folder", "iter_parts", "part_path", "read_manifest", "read_metadata",
-    "read_part_info", "write_manifest",
+    "read_part_info", "save_metadata", "save_npy", "start_build", "write_manifest",
 ]

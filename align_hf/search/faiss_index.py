@@ -68,20 +68,38 @@ def choose_index_type(n: int, dim: int, memory_budget: int | None = None) -> str
     return "ivf"
 
 
+def pq_code_sizes(dim: int) -> list[int]:
+    """PQ code sizes (bytes, 8-bit sub-quantizers) usable for ``dim``: divisors of ``dim`` up to ``dim / 8``."""
+    return [m for m in range(1, max(1, dim // 8) + 1) if dim % m == 0]
+
+
 def _pq_subquantizers(dim: int) -> int:
     """Largest divisor of ``dim`` not above ``dim / 8`` (80 bytes per code at 640 dims)."""
-    target = max(1, dim // 8)
-    return max(m for m in range(1, target + 1) if dim % m == 0)
+    return max(pq_code_sizes(dim))
 
 
-def _ivf_lists(n: int) -> int:
-    """About sqrt(n) inverted lists (a power of two, >= 39 training points each).
+def ivf_lists(n: int, per_sqrt: float = 1.0) -> int:
+    """About ``per_sqrt * sqrt(n)`` inverted lists (a power of two, >= 39 training points each).
 
     More lists make queries cheaper but k-means training slower; sqrt(n) keeps a 1M build to
-    minutes on a laptop-class CPU.
+    minutes on a laptop-class CPU. :func:`~align_hf.search.sharded.plan_index` asks for
+    ``per_sqrt=4``.
     """
-    nlist = 2 ** round(math.log2(max(1.0, math.sqrt(n))))
+    nlist = 2 ** round(math.log2(max(1.0, per_sqrt * math.sqrt(n))))
     return int(max(1, min(nlist, n // 39, 65536)))
+
+
+def in_ram_index(
+    index_type: str, dim: int, hnsw_m: int = HNSW_M, ef_construction: int = HNSW_EF_CONSTRUCTION
+) -> faiss.Index:
+    """An empty inner-product ``flat`` or ``hnsw`` index (neither needs training)."""
+    if index_type == "flat":
+        return faiss.IndexFlatIP(dim)
+    if index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        return index
+    raise ValueError(f"{index_type!r} is not an in-RAM index type (flat, hnsw)")
 
 
 def build_faiss_index(
@@ -109,14 +127,11 @@ def build_faiss_index(
     if index_type == "auto":
         index_type = choose_index_type(n, dim, memory_budget)
     params: dict[str, Any] = {}
-    if index_type == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif index_type == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = ef_construction
-        params = {"ef_search": HNSW_EF_SEARCH}
+    if index_type in ("flat", "hnsw"):
+        index = in_ram_index(index_type, dim, hnsw_m, ef_construction)
+        params = {"ef_search": HNSW_EF_SEARCH} if index_type == "hnsw" else {}
     else:
-        nlist = nlist or _ivf_lists(n)
+        nlist = nlist or ivf_lists(n)
         if n < max(256, 39 * nlist):
             raise ValueError(f"IVF needs at least {max(256, 39 * nlist)} vectors to train, got {n}; use 'flat'")
         m = _pq_subquantizers(dim)
@@ -137,15 +152,38 @@ def build_faiss_index(
 
 
 def set_search_params(
-    index: faiss.Index, ef_search: int | None = None, nprobe: int | None = None, k_factor: float | None = None
+    index: faiss.Index,
+    ef_search: int | None = None,
+    nprobe: int | None = None,
+    k_factor: float | None = None,
+    quantizer_ef: int | None = None,
 ) -> None:
-    """Apply query-time knobs: HNSW ``efSearch``, IVF ``nprobe`` and the refinement ``k_factor``."""
+    """Apply query-time knobs where ``index`` has them; a knob it lacks is ignored, so one set of
+    settings can go to every collection of a searcher.
+
+    Args:
+        ef_search: HNSW ``efSearch`` (also of an HNSW index inside an id map).
+        nprobe: IVF lists visited per query.
+        k_factor: candidates per hit re-scored by a ``Refine`` index.
+        quantizer_ef: ``efSearch`` of an HNSW coarse quantizer; by default ``max(64, 2 * nprobe)``
+            whenever ``nprobe`` is set, since the graph must return ``nprobe`` good lists.
+    """
+    top = faiss.downcast_index(index)
+    ivf = faiss.try_extract_index_ivf(top)
+    if ivf is not None:
+        quantizer = faiss.downcast_index(ivf.quantizer)
+        if nprobe is not None:
+            ivf.nprobe = int(nprobe)
+            if quantizer_ef is None:
+                quantizer_ef = max(64, 2 * int(nprobe))
+        if quantizer_ef is not None and hasattr(quantizer, "hnsw"):
+            quantizer.hnsw.efSearch = int(quantizer_ef)
     if ef_search is not None:
-        faiss.downcast_index(index).hnsw.efSearch = int(ef_search)
-    if nprobe is not None:
-        faiss.extract_index_ivf(index).nprobe = int(nprobe)
-    if k_factor is not None:
-        faiss.downcast_index(index).k_factor = float(k_factor)
+        base = faiss.downcast_index(top.index) if hasattr(top, "index") else top  # an id map's inner index
+        if hasattr(base, "hnsw"):
+            base.hnsw.efSearch = int(ef_search)
+    if k_factor is not None and hasattr(top, "k_factor"):
+        top.k_factor = float(k_factor)
 
 
 __all__ = [
@@ -158,6 +196,9 @@ __all__ = [
     "available_memory_bytes",
     "build_faiss_index",
     "choose_index_type",
+    "in_ram_index",
     "index_memory_bytes",
+    "ivf_lists",
+    "pq_code_sizes",
     "set_search_params",
 ]

@@ -29,8 +29,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from align_hf.search.embed_steps import Embedder, InputPlan, load_driver_model, plan_inputs, read_shard
-from align_hf.search.embeddings import EmbeddingWriter, PartCallback
+from align_hf.search.embed_steps import Embedder, InputPlan, read_shard
+from align_hf.search.embeddings import PartCallback, start_build
 
 logger = logging.getLogger(__name__)
 
@@ -136,13 +136,9 @@ def embed_with_ray(
         raise ImportError("embed_with_ray needs Ray Data: pip install 'align_hf[scale]' "
                           "(or embed in one process with align_hf.search.embeddings.embed_to_folder)") from error
 
-    driver_model, processor = load_driver_model(model, processor)
-    from align_hf.search.signature import model_signature
-
-    plan = plan_inputs(inputs, image_column, caption_column, split)
-    signature = model_signature(driver_model, processor)
-    writer = EmbeddingWriter(output, plan.labels, plan.fingerprint, signature, text=text, fp16=fp16,
-                             overwrite=overwrite, on_part=on_part, progress=progress)
+    driver_model, processor, plan, writer = start_build(
+        model, processor, inputs, output, text=text, fp16=fp16, image_column=image_column,
+        caption_column=caption_column, split=split, overwrite=overwrite, on_part=on_part, progress=progress)
     data_logger = logging.getLogger("ray.data")
     level = data_logger.level
     started = False

@@ -141,16 +141,8 @@ class Searcher:
             collection = self.index[kind]
             if hasattr(collection, "set_search_params"):
                 collection.set_search_params(**params)
-            else:
-                from align_hf.search.faiss_index import faiss
-
-                is_ivf = faiss.try_extract_index_ivf(collection.index) is not None
-                is_hnsw = hasattr(faiss.downcast_index(collection.index), "hnsw")
-                set_search_params(
-                    collection.index,
-                    ef_search=params.get("ef_search") if is_hnsw else None,
-                    nprobe=params.get("nprobe") if is_ivf else None,
-                )
+            else:  # knobs the index lacks are skipped
+                set_search_params(collection.index, ef_search=params.get("ef_search"), nprobe=params.get("nprobe"))
 
     def text_to_image(self, text: str, k: int = 10) -> list[Hit]:
         return self.search(text=text, target="image", k=k)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import resource
 import shutil
@@ -42,17 +41,18 @@ from tqdm.auto import tqdm
 from align_hf.search.emb_folder import (
     kinds_present,
     load_manifest,
+    nonzero_rows,
     part_ids,
     part_path,
 )
 from align_hf.search.faiss_index import (
-    FLAT_MAX_VECTORS,
-    HNSW_EF_CONSTRUCTION,
     HNSW_EF_SEARCH,
-    HNSW_M,
     available_memory_bytes,
+    choose_index_type,
     faiss,
-    index_memory_bytes,
+    in_ram_index,
+    ivf_lists,
+    pq_code_sizes,
 )
 
 logger = logging.getLogger(__name__)
@@ -91,12 +91,8 @@ def plan_index(
         raise ValueError(f"index_type must be one of {SHARDED_TYPES}, got {index_type!r}")
     budget = int(memory_budget or available_memory_bytes() // 2)
     if index_type == "auto":
-        if n <= FLAT_MAX_VECTORS:
-            index_type = "flat"
-        elif index_memory_bytes("hnsw", n, dim) <= budget // 2:
-            index_type = "hnsw"
-        else:
-            index_type = "ivf_pq"
+        chosen = choose_index_type(n, dim, budget // 2)
+        index_type = "ivf_pq" if chosen == "ivf" else chosen
     plan: dict[str, Any] = {"index_type": index_type, "memory_budget": budget, "n": n, "dim": dim}
     if index_type == "flat":
         return {**plan, "search_params": {}}
@@ -104,8 +100,7 @@ def plan_index(
         return {**plan, "search_params": {"ef_search": HNSW_EF_SEARCH}}
 
     if nlist is None:
-        nlist = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n))))
-        nlist = int(max(1, min(nlist, n // 39, 65536)))
+        nlist = ivf_lists(n, per_sqrt=4)
     # k-means wants >= 39 points per centroid; PQ codebooks (256 centroids each) ~10k points.
     train_size = max(39 * nlist, 256 * 39 if index_type == "ivf_pq" else 0)
     train_size = min(n, train_size, max(1, budget // 4 // (dim * 4)))
@@ -115,7 +110,7 @@ def plan_index(
         factory = f"{quantizer},Flat"
         pq = None
     else:
-        divisors = [m for m in range(1, dim // 8 + 1) if dim % m == 0]
+        divisors = pq_code_sizes(dim)
         if pq_bytes is not None:
             if dim % pq_bytes:
                 raise ValueError(f"pq_bytes must divide the dimension {dim}, got {pq_bytes}")
@@ -166,9 +161,8 @@ def add_part(
     for s in range(0, len(ids), ADD_BATCH):
         block = np.asarray(vectors[s : s + ADD_BATCH], dtype=np.float32)
         block_ids = ids[s : s + ADD_BATCH]
-        if kind == "text":  # samples without a caption have all-zero text vectors: not searchable
-            mask = np.any(block != 0, axis=1)
-            block, block_ids = block[mask], block_ids[mask]
+        if kind == "text":
+            block, block_ids = nonzero_rows(block, block_ids)
         if len(block):
             index.add_with_ids(np.ascontiguousarray(block), block_ids)
             added += len(block)
@@ -325,18 +319,11 @@ def _build_kind(
     dim = plan["dim"]
 
     if plan["index_type"] in ("flat", "hnsw"):  # small: one in-RAM index, global ids kept
-        if plan["index_type"] == "flat":
-            base = faiss.IndexFlatIP(dim)
-        else:
-            base = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-            base.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        index = faiss.IndexIDMap2(base)
+        index = faiss.IndexIDMap2(in_ram_index(plan["index_type"], dim))
         for entry in tqdm(parts, desc=f"add {kind} parts", disable=not progress, unit="part"):
             vec = np.load(part_path(emb_dir, kind, entry["part"]), mmap_mode="r")
             ids = part_ids(emb_dir, entry)
-            vec = np.ascontiguousarray(vec, dtype=np.float32)
-            keep = np.any(vec != 0, axis=1)  # all-zero rows: text of samples without a caption
-            index.add_with_ids(vec[keep], ids[keep])
+            index.add_with_ids(*nonzero_rows(np.ascontiguousarray(vec, dtype=np.float32), ids))
         faiss.write_index(index, f"{final}.tmp")
         os.replace(f"{final}.tmp", final)
         stats["build_seconds"] = time.perf_counter() - t0

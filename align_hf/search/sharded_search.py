@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from align_hf.search.collection import Hit
-from align_hf.search.emb_folder import PartVectors, load_manifest, part_ids, part_path
+from align_hf.search.emb_folder import PartVectors, load_manifest, nonzero_rows, part_ids, part_path
 from align_hf.search.embeddings import EmbeddingFolder
-from align_hf.search.faiss_index import faiss
+from align_hf.search.faiss_index import faiss, set_search_params
 
 
 class ShardedCollection:
@@ -69,19 +69,7 @@ class ShardedCollection:
     ) -> None:
         """Query-time knobs: IVF ``nprobe``, HNSW ``ef_search``, ``rerank`` (candidates re-ranked
         exactly per wanted hit; 0 = off) and the HNSW coarse quantizer's ``quantizer_ef``."""
-        ivf = faiss.try_extract_index_ivf(self.index)
-        if nprobe is not None and ivf is not None:
-            ivf.nprobe = int(nprobe)
-            if quantizer_ef is None and hasattr(faiss.downcast_index(ivf.quantizer), "hnsw"):
-                quantizer_ef = max(64, 2 * int(nprobe))  # the graph must return nprobe good lists
-        if quantizer_ef is not None and ivf is not None:
-            quantizer = faiss.downcast_index(ivf.quantizer)
-            if hasattr(quantizer, "hnsw"):
-                quantizer.hnsw.efSearch = int(quantizer_ef)
-        if ef_search is not None:
-            base = faiss.downcast_index(self.index.index) if hasattr(self.index, "index") else self.index
-            if hasattr(base, "hnsw"):
-                base.hnsw.efSearch = int(ef_search)
+        set_search_params(self.index, ef_search=ef_search, nprobe=nprobe, quantizer_ef=quantizer_ef)
         if rerank is not None:
             self.rerank = int(rerank)
 
@@ -202,6 +190,7 @@ def resolve_embeddings(directory: Path, manifest: dict[str, Any]) -> Path:
 def exact_search(emb_dir: str | os.PathLike, queries: np.ndarray, k: int = 10, kind: str = "image",
                  chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force top-``k`` over every part, streamed chunk by chunk (never all vectors in RAM).
+    All-zero text rows (samples without a caption) are skipped, as the index builds skip them.
 
     Returns:
         ``(scores (Q, k), ids (Q, k))`` exact inner-product neighbours (global ids).
@@ -215,12 +204,16 @@ def exact_search(emb_dir: str | os.PathLike, queries: np.ndarray, k: int = 10, k
         vectors = np.load(part_path(emb_dir, kind, entry["part"]), mmap_mode="r")
         ids = part_ids(emb_dir, entry)
         for s in range(0, len(ids), chunk):
-            block = np.asarray(vectors[s : s + chunk], dtype=np.float32)
+            block, block_ids = np.asarray(vectors[s : s + chunk], dtype=np.float32), ids[s : s + chunk]
+            if kind == "text":  # as the index builds do: captionless samples are not in the collection
+                block, block_ids = nonzero_rows(block, block_ids)
+                if not len(block):
+                    continue
             scores = queries @ block.T
             take = min(k, scores.shape[1])
             top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
             all_s = np.concatenate([best_s, np.take_along_axis(scores, top, 1)], axis=1)
-            all_i = np.concatenate([best_i, ids[s : s + chunk][top]], axis=1)
+            all_i = np.concatenate([best_i, block_ids[top]], axis=1)
             order = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
             best_s, best_i = np.take_along_axis(all_s, order, 1), np.take_along_axis(all_i, order, 1)
     return best_s, best_i
