@@ -286,3 +286,56 @@ def test_actor_pool_plan():
         plan_resources({"CPU": 2.0}, actors=2, cpus_per_actor=1)
     with pytest.raises(ValueError, match="GPUs"):
         plan_resources({"CPU": 8.0}, num_gpus=1)
+
+
+@pytest.mark.slow
+def test_cli_embeds_on_a_running_cluster_by_address(saved_model, corpus, reference, tmp_path):
+    """``--ray-address``: a Ray head started apart (``ray start --head``, as on a cluster's head node)
+    serves the build of another process; the result equals the single-process build, and the
+    cluster keeps running afterwards (the driver disconnects, it does not shut the cluster down)."""
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'align_hf[scale]')")
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Recent Ray authenticates every connection with a shared token: the head and the driver get the
+    # same one, as the nodes and drivers of a real cluster would.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(16).hex()}
+    # --block keeps the head in the foreground, so ending this process group stops exactly this
+    # cluster (``ray stop`` would also stop the Ray this module's other tests started).
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", "--node-ip-address=127.0.0.1"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        address = f"127.0.0.1:{port}"
+        command = [sys.executable, "-m", "align_hf.cli", "index", "embed", "--model", str(saved_model),
+                   "--images", corpus["tars"], "--output", str(tmp_path / "emb"), "--ray-address", address,
+                   "--batch-size", "3", "--no-progress"]
+        deadline = time.monotonic() + 90
+        while head.poll() is None and time.monotonic() < deadline:  # the head takes a few seconds to listen
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        start = time.monotonic()
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        print(f"build on the cluster: {time.monotonic() - start:.1f} s")
+        want_manifest, want_ids, want, want_meta = _load(reference)
+        manifest, ids, got, meta = _load(tmp_path / "emb")
+        assert ids.tolist() == want_ids.tolist() and meta == want_meta
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        assert manifest["skip_reasons"] == want_manifest["skip_reasons"] and manifest["rows"] == want_manifest["rows"]
+        assert head.poll() is None  # the cluster outlived the build
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
