@@ -293,9 +293,11 @@ def test_cli_embeds_on_a_running_cluster_by_address(saved_model, corpus, referen
     """``--ray-address``: a Ray head started apart (``ray start --head``, as on a cluster's head node)
     serves the build of another process; the result equals the single-process build, and the
     cluster keeps running afterwards (the driver disconnects, it does not shut the cluster down)."""
+    import shutil
     import signal
     import socket
     import subprocess
+    import tempfile
     import time
 
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'align_hf[scale]')")
@@ -307,9 +309,12 @@ def test_cli_embeds_on_a_running_cluster_by_address(saved_model, corpus, referen
     # same one, as the nodes and drivers of a real cluster would.
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(16).hex()}
     # --block keeps the head in the foreground, so ending this process group stops exactly this
-    # cluster (``ray stop`` would also stop the Ray this module's other tests started).
+    # cluster (``ray stop`` would also stop the Ray this module's other tests started). Its own
+    # --temp-dir keeps it from recording itself as "the" local cluster, which a later bare
+    # ``ray.init()`` on this machine would try to join. (Short path: Ray puts sockets there.)
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")
     head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-                             "--include-dashboard=false", "--node-ip-address=127.0.0.1"],
+                             "--include-dashboard=false", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         address = f"127.0.0.1:{port}"
@@ -339,3 +344,4 @@ def test_cli_embeds_on_a_running_cluster_by_address(saved_model, corpus, referen
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -157,9 +157,14 @@ def test_resume_skips_finished_shards(emb, tmp_path, monkeypatch):
     assert again["build"]["image"]["resumed"]
 
 
-def test_ray_local_build_equals_thread_build(emb, tmp_path):
+def test_ray_local_build_equals_thread_build(emb, tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
+    from align_hf.data import counting
+
     root, _, _, centres = emb
+    started = []
+    real_init = counting.init_ray
+    monkeypatch.setattr(counting, "init_ray", lambda *a, **k: started.append(real_init(*a, **k)) or started[-1])
     built = {}
     for name, use_ray in (("threads", False), ("ray", True)):
         build_sharded(root, tmp_path / name, index_type="ivf_flat", nlist=8, use_ray=use_ray, workers=2,
@@ -167,10 +172,10 @@ def test_ray_local_build_equals_thread_build(emb, tmp_path):
         coll = CrossModalIndex.load(tmp_path / name)["image"]
         coll.set_search_params(nprobe=3)
         built[name] = coll.search_ids(clustered(30, 96, centres), 10)
-    assert ray.is_initialized()
+    assert started == [True]  # the Ray build started a local Ray ...
+    assert not ray.is_initialized()  # ... and shut it down when it was done
     np.testing.assert_array_equal(built["ray"][1], built["threads"][1])
     np.testing.assert_allclose(built["ray"][0], built["threads"][0], atol=1e-6)
-    ray.shutdown()
 
 
 def test_searcher_composed_query_and_lazy_metadata(emb, tmp_path, monkeypatch):

@@ -193,13 +193,17 @@ def _run_parallel(jobs: list[tuple], workers: int, ray_address: str | None, use_
 
         # Only paths travel through the object store: a small one is enough for a local Ray.
         store = {} if ray_address else {"object_store_memory": 100 << 20}
-        init_ray(ray_address, workers, log_to_driver=False, **store)
-        remote = ray.remote(num_cpus=1)(add_part)
-        pending = [remote.remote(*job) for job in jobs]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            results.extend(ray.get(done))
-            bar.update(len(done))
+        started = init_ray(ray_address, workers, log_to_driver=False, **store)
+        try:
+            remote = ray.remote(num_cpus=1)(add_part)
+            pending = [remote.remote(*job) for job in jobs]
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                results.extend(ray.get(done))
+                bar.update(len(done))
+        finally:
+            if started:  # a Ray we started ends with the build; a cluster or a caller's Ray stays
+                ray.shutdown()
     else:
         # OpenMP threads are per process here: set them once for all jobs, and put them back.
         before = faiss.omp_get_max_threads()
