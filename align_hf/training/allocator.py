@@ -4,8 +4,9 @@ glibc's ``malloc`` hands every block above its mmap threshold (at most 32 MiB) t
 ``free`` and maps fresh, zero-filled pages for the next one. A CPU training step allocates and
 frees the same large activations and gradients every step, so each step touches tens of
 thousands of new pages: measured on a 2-core VM (``benchmarks/bench_quickstart.py`` and
-``MALLOC_MMAP_MAX_=0`` runs of ``benchmarks/bench_model.py``), a B0 training step took 1.3-1.6x
-longer with the default settings. Turning mmap off for large blocks and raising the trim
+``MALLOC_MMAP_MAX_=0`` runs of ``benchmarks/bench_model.py``), a B0 training step took 1.1-1.6x
+longer with the default settings (align_hf's fast path at the low end, transformers' model at
+the high end), the quickstart's step 1.15x. Turning mmap off for large blocks and raising the trim
 threshold keeps the freed blocks in the heap for reuse, which is what tcmalloc/jemalloc (the
 allocators PyTorch's CPU tuning guide suggests preloading) do without a preload. The price is
 that the process keeps its peak heap until it exits, which a training or embedding job does
