@@ -20,10 +20,13 @@ def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(3):  # warm up: the heap grows to its working size once
     torch.ones(16 * 2**20).sum()
-before = faults()
-for _ in range(20):
+counts = []
+for _ in range(21):
+    before = faults()
     torch.ones(16 * 2**20).sum()  # 64 MiB, written in full each time
-print(json.dumps({"kept": kept, "faults_per_alloc": (faults() - before) / 20}))
+    counts.append(faults() - before)
+# The median: a few late heap growths (small blocks split off a freed one) are not the steady state.
+print(json.dumps({"kept": kept, "faults_per_alloc": sorted(counts)[len(counts) // 2]}))
 """
 
 glibc = pytest.mark.skipif(
@@ -45,7 +48,7 @@ def test_kept_memory_stops_page_faults_on_reallocation():
     pages = 64 * 2**20 / 4096
     # Default glibc: a 64 MiB block is mmapped and unmapped each time, every page faults again.
     assert default["faults_per_alloc"] > 0.5 * pages
-    assert kept["faults_per_alloc"] < 0.2 * pages  # at most a one-off growth of the heap
+    assert kept["faults_per_alloc"] < 0.1 * pages  # the typical re-allocation reuses the kept block
 
 
 @glibc
