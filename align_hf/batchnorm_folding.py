@@ -67,7 +67,7 @@ def fold_batchnorm(module: nn.Module) -> int:
 
 def inference_model(model: nn.Module, channels_last: bool = True, copy: bool = True) -> nn.Module:
     """``AlignModel.for_inference``: a copy of ``model`` (or ``model`` itself with ``copy=False``)
-    with the image tower's BatchNorm folded into the convolutions, its fast path on, channels-last
+    with the image tower's BatchNorm folded into the convolutions, both towers' fast paths on, channels-last
     (unless ``channels_last=False``) and in eval mode. Same outputs to float rounding; the result
     cannot be trained or saved."""
     import copy as copying
@@ -75,6 +75,8 @@ def inference_model(model: nn.Module, channels_last: bool = True, copy: bool = T
     model = (copying.deepcopy(model) if copy else model).eval()
     fold_batchnorm(model.vision_model.backbone)
     model.vision_model.set_fast_path(True)
+    if hasattr(model.text_model, "set_fast_path"):
+        model.text_model.set_fast_path(True)
     model.vision_model.channels_last = channels_last
     if channels_last:
         model.vision_model.to(memory_format=torch.channels_last)

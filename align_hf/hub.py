@@ -168,6 +168,22 @@ def prepare_weights(repo: str | os.PathLike, allow_pickle: bool, kwargs: dict[st
     return None
 
 
+def add_zero_shot_auto_map(save_directory: str | os.PathLike) -> None:
+    """After ``save_pretrained``: let ``pipeline("zero-shot-image-classification")`` load the saved
+    remote code too (``auto_map`` entry ``AutoModelForZeroShotImageClassification``, as ``AutoModel``)."""
+    config_path = os.path.join(save_directory, "config.json")
+    if not os.path.exists(config_path):
+        return
+    with open(config_path, encoding="utf-8") as handle:
+        config = json.load(handle)
+    auto_map = config.setdefault("auto_map", {})
+    if "AutoModel" in auto_map:
+        auto_map.setdefault("AutoModelForZeroShotImageClassification", auto_map["AutoModel"])
+        with open(config_path, "w", encoding="utf-8") as handle:
+            json.dump(config, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+
+
 # Where the card's model-index files a metric, by its name. The Hub's task list has no image-text
 # retrieval task, so recall@K goes under the task id of its direction ("text-to-image": text
 # queries ranking images, as CLIP_benchmark's image_retrieval_recall@K) with a task name saying

@@ -188,6 +188,8 @@ class AlignTextModel(AlignPreTrainedModel):
 
     Trailing columns that are padding in every row are dropped before the encoder runs (exact, since
     padded keys are masked out) and the hidden states are zero-padded back to the input length.
+    With the fast path on (:meth:`set_fast_path`) and no per-token outputs asked for, the last layer
+    runs for [CLS] alone (:mod:`align_hf.text_fast_path`) and ``last_hidden_state`` is None.
     """
 
     config_class = AlignTextConfig
@@ -201,7 +203,16 @@ class AlignTextModel(AlignPreTrainedModel):
         encoder_config._attn_implementation = getattr(config, "_attn_implementation", None) or "sdpa"
         extra = {"add_pooling_layer": False} if config.text_model_type in ("bert", "roberta") else {}
         self.transformer = AutoModel.from_config(encoder_config, **extra)
+        self.fast_path = False
         self.post_init()
+
+    def set_fast_path(self, enabled: bool = True) -> "AlignTextModel":
+        """Compute only the [CLS] row of the last layer when only ``pooler_output`` is needed (same
+        value to float rounding); a no-op for encoders :mod:`align_hf.text_fast_path` cannot run."""
+        from .text_fast_path import supports_cls_only
+
+        self.fast_path = bool(enabled) and supports_cls_only(self.transformer)
+        return self
 
     def get_input_embeddings(self) -> nn.Module:
         return self.transformer.get_input_embeddings()
@@ -225,31 +236,24 @@ class AlignTextModel(AlignPreTrainedModel):
         ``(B, L, hidden)`` and ``pooler_output`` ``(B, hidden)`` (the [CLS] state, unprojected)."""
         if input_ids is None and inputs_embeds is None:
             raise ValueError("You have to specify input_ids or inputs_embeds")
+        from .text_fast_path import cls_state, used_length
+
         full_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         keep = full_length
         if attention_mask is not None and not output_attentions and not torch.compiler.is_compiling():
-            # One host sync per text batch; it saves the encoder from running over pure padding.
-            used = attention_mask.any(dim=0).nonzero()
-            keep = int(used.max()) + 1 if used.numel() else full_length
+            keep = used_length(attention_mask)
 
-        def cut(t):
-            return t[:, :keep] if t is not None and keep < full_length else t
-
-        extra = {}
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+                  "position_ids": position_ids, "inputs_embeds": inputs_embeds}
+        inputs = {k: v[:, :keep] if v is not None and keep < full_length else v for k, v in inputs.items()}
+        if self.fast_path and not output_hidden_states and not output_attentions and not kwargs:
+            pooled = cls_state(self.transformer, **inputs)
+            return (None, pooled) if return_dict is False else BaseModelOutputWithPooling(pooler_output=pooled)
         if output_attentions:
-            extra["output_attentions"] = True
+            kwargs["output_attentions"] = True
         if output_hidden_states:
-            extra["output_hidden_states"] = True
-        outputs = self.transformer(
-            input_ids=cut(input_ids),
-            attention_mask=cut(attention_mask),
-            token_type_ids=cut(token_type_ids),
-            position_ids=cut(position_ids),
-            inputs_embeds=cut(inputs_embeds),
-            return_dict=True,
-            **extra,
-            **kwargs,
-        )
+            kwargs["output_hidden_states"] = True
+        outputs = self.transformer(**inputs, return_dict=True, **kwargs)
         last_hidden_state = outputs.last_hidden_state
         hidden_states = outputs.hidden_states
         if keep < full_length:
@@ -360,20 +364,10 @@ class AlignModel(AlignPreTrainedModel):
         """``PreTrainedModel.save_pretrained`` plus the remote-code entry for zero-shot pipelines."""
         if getattr(self, "_inference_only", False):
             raise RuntimeError("A for_inference() copy has BatchNorm folded away; save the original model instead")
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        import json
-        import os
+        from .hub import add_zero_shot_auto_map
 
-        config_path = os.path.join(save_directory, "config.json")
-        if os.path.exists(config_path):
-            with open(config_path, encoding="utf-8") as handle:
-                config = json.load(handle)
-            auto_map = config.setdefault("auto_map", {})
-            if "AutoModel" in auto_map:
-                auto_map.setdefault("AutoModelForZeroShotImageClassification", auto_map["AutoModel"])
-                with open(config_path, "w", encoding="utf-8") as handle:
-                    json.dump(config, handle, indent=2, sort_keys=True)
-                    handle.write("\n")
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        add_zero_shot_auto_map(save_directory)
         return result
 
     def push_to_hub(self, repo_id: str, *, processor=None, metrics=None, tags=None, max_shard_size="5GB", **options):
@@ -391,8 +385,11 @@ class AlignModel(AlignPreTrainedModel):
     def set_fast_path(self, enabled: bool = True) -> "AlignModel":
         """Train and embed faster: channels-last image tower, BatchNorm folded on the fly in eval
         mode, convolution + activation + residual fused on CPU (see :mod:`align_hf.fast_blocks`).
-        Same results to float rounding; off by default, when features are bitwise transformers'."""
+        Same results to float rounding; off by default, when features are bitwise transformers'.
+        The text tower's fast path runs the last layer for [CLS] alone (:mod:`align_hf.text_fast_path`);
+        its ``last_hidden_state`` is then None unless hidden states or attentions are asked for."""
         self.vision_model.set_fast_path(enabled)
+        self.text_model.set_fast_path(enabled)
         return self
 
     def compile_towers(self, vision: bool = True, text: bool = True, **compile_kwargs) -> "AlignModel":

@@ -57,6 +57,7 @@ def test_saved_folder_carries_only_the_model_code(saved, tmp_path):
         "hub.py",  # from_pretrained reads configs and weight lists through it
         "batchnorm_folding.py",  # for_inference()
         "fast_blocks.py",  # the image tower's fast path
+        "text_fast_path.py",  # the text tower's
         "loss_triton.py",  # the head's Triton kernels (the torch path when triton is missing)
     }
     # The processor adds its own module and the image loader it imports (AutoProcessor and the

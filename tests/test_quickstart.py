@@ -93,6 +93,32 @@ def test_decoded_cache_flips_images_and_captions_together(train_corpus):
     assert 0.3 < flips / (2 * len(streamed)) < 0.7
 
 
+@pytest.mark.parametrize("padding", ["longest", "max_length"])
+def test_pretokenized_cache_gives_the_batches_of_tokenising_each_step(train_corpus, padding):
+    """Captions tokenised once (flipped forms included) and padded by the collator give the same
+    batches as the collator tokenising the captions of every step; samples then carry no text."""
+    import torch
+
+    from align_hf.data import ImageTextCollator, make_tokenizer
+
+    decoded, _ = _decoded_and_streamed(train_corpus, train=True)
+    tokenized, _ = _decoded_and_streamed(train_corpus, train=True)
+    vocab = (train_corpus / "vocab.txt").read_text(encoding="utf-8").split()
+    collator = ImageTextCollator(make_tokenizer(vocab, model_max_length=32), max_length=32, padding=padding)
+    tokenized.pretokenize(collator.tokenize)
+    assert tokenized._flipped_tokens  # some captions name a side
+    assert "text" not in tokenized[0] and isinstance(tokenized[0]["input_ids"], list)
+    for epoch in (0, 1, 2):
+        decoded.set_epoch(epoch)
+        tokenized.set_epoch(epoch)
+        for start in range(0, len(decoded), 16):
+            indices = range(start, min(len(decoded), start + 16))
+            expected, batch = collator([decoded[i] for i in indices]), collator([tokenized[i] for i in indices])
+            assert expected.keys() == batch.keys()
+            for key in expected:
+                assert torch.equal(expected[key], batch[key]), key
+
+
 @pytest.mark.slow
 def test_scaled_down_recipe_trains_every_step_on_a_slow_clock_and_learns(train_corpus, tmp_path, monkeypatch):
     """Quality must not depend on the machine's speed: the default recipe has no time budget, so a clock

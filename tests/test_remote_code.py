@@ -30,7 +30,7 @@ LABELS = ["red circle", "blue square", "green star"]
 TEMPLATE = "This is a photo of {}."  # the zero-shot pipeline's default hypothesis template
 MODEL_CODE = {
     "configuration_align.py", "modeling_align.py", "image_backbone.py", "loss.py", "loss_tiles.py", "hub.py",
-    "batchnorm_folding.py", "fast_blocks.py", "loss_triton.py",
+    "batchnorm_folding.py", "fast_blocks.py", "text_fast_path.py", "loss_triton.py",
 }
 PROCESSOR_CODE = {"processing_align.py", "image_io.py"}
 

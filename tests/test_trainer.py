@@ -18,7 +18,7 @@ from align_hf.image_io import open_image as load_image
 from align_hf.training.factories import preset_processor
 from align_hf.evaluation.eval_sets import RetrievalEvalSet, ZeroShotEvalSet
 from align_hf.training.checkpointing import STAGING_PREFIX
-from align_hf.training.freezing import parameter_groups
+from align_hf.training.freezing import can_fuse_adamw, parameter_groups
 from align_hf.training.trainer import AlignTrainer
 from align_hf.training.arguments import AlignTrainingArguments
 
@@ -122,6 +122,18 @@ def test_gradient_accumulation_averages_micro_batch_gradients(train_corpus, tmp_
     assert set(captured) == set(expected)
     for name, grad in expected.items():
         torch.testing.assert_close(captured[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_adamw_uses_torchs_fused_kernel_where_it_applies(train_corpus, tmp_path):
+    model, processor = tiny_setup(train_corpus)
+    samples = fixed_samples(train_corpus, processor, 4)
+    trainer = AlignTrainer(model=model, args=training_args(tmp_path, max_steps=1, optimizer="adamw"),
+                           train_dataset=samples, processing_class=processor)
+    trainer.train()
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"]
+    assert not can_fuse_adamw([{"params": [torch.nn.Parameter(torch.zeros(2, device="meta"))]}])
+    assert not can_fuse_adamw([{"params": []}])
 
 
 def test_freezing_towers_and_batch_norm(train_corpus, tmp_path):

@@ -260,6 +260,8 @@ class ImageTextCollator:
             return {k: encoded[k] for k in keys if k in encoded}
         if all(s.get("input_ids") is not None for s in real):
             keys = [k for k in TEXT_INPUTS if all(s.get(k) is not None for s in real)]
+            if all(isinstance(s["input_ids"], list) for s in real) and getattr(self.tokenizer, "padding_side", "right") == "right":
+                return self._pad_lists(real, keys)
             features = [{k: s[k] for k in keys} for s in real]
             # Converted to lists first: tokenizer.pad takes lists or 1-D tensors, not Arrow's numpy rows.
             features = [{k: (v.tolist() if hasattr(v, "tolist") else list(v)) for k, v in f.items()} for f in features]
@@ -271,6 +273,20 @@ class ImageTextCollator:
             "remove_unused_columns=False; tokenise in the dataset instead, e.g. "
             "dataset.map(collator.tokenize, batched=True, remove_columns=['text'])"
         )
+
+    def _pad_lists(self, real: Sequence[Mapping[str, Any]], keys: list[str]) -> dict[str, torch.Tensor]:
+        """Right-pad token lists as ``tokenizer.pad`` does, without its per-sample Python overhead."""
+        ids = [s["input_ids"] for s in real]
+        length = max(map(len, ids)) if self.padding == "longest" else max(self.max_length, *map(len, ids))
+        pad_values = {"input_ids": self.tokenizer.pad_token_id or 0, "attention_mask": 0,
+                      "token_type_ids": getattr(self.tokenizer, "pad_token_type_id", 0)}
+        out = {}
+        for key in keys:
+            rows = [s[key] for s in real]
+            out[key] = torch.tensor([row + [pad_values[key]] * (length - len(row)) for row in rows], dtype=torch.long)
+        if "attention_mask" not in out:
+            out["attention_mask"] = torch.tensor([[1] * len(row) + [0] * (length - len(row)) for row in ids], dtype=torch.long)
+        return {k: out[k] for k in TEXT_INPUTS if k in out}
 
     def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         real = [s for s in samples if s.get("pixel_values") is not None]

@@ -60,24 +60,27 @@ def prepare_for_embedding(
 
 @contextlib.contextmanager
 def fast_path(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Run ``model``'s image tower on its fast path inside the block, then restore the setting.
+    """Run ``model``'s towers on their fast paths inside the block, then restore the settings.
 
-    The fast path (:meth:`~align_hf.modeling_align.AlignModel.set_fast_path`) folds BatchNorm on
-    the fly in eval mode, caching the folded weights until the model's weights change, so nothing
-    is copied and a model being trained can be evaluated between steps. Models without the
-    setting (e.g. transformers' AlignModel) run unchanged.
+    The image tower's fast path (:meth:`~align_hf.modeling_align.AlignModel.set_fast_path`) folds
+    BatchNorm on the fly in eval mode, caching the folded weights until the model's weights change,
+    so nothing is copied and a model being trained can be evaluated between steps; the text tower's
+    runs its last layer for [CLS] alone. Models without the setting (e.g. transformers'
+    AlignModel) run unchanged.
     """
-    vision = getattr(model, "vision_model", None)
-    setter = getattr(vision, "set_fast_path", None)
-    previous = getattr(vision, "fast_path", None)
-    if setter is None or previous is None or previous:
-        yield model
-        return
-    setter(True)
+    restore = []
+    for name in ("vision_model", "text_model"):
+        tower = getattr(model, name, None)
+        setter = getattr(tower, "set_fast_path", None)
+        previous = getattr(tower, "fast_path", None)
+        if setter is not None and previous is False:
+            setter(True)
+            restore.append(setter)
     try:
         yield model
     finally:
-        setter(previous)
+        for setter in restore:
+            setter(False)
 
 
 def _batched(items: Iterable[Any], batch_size: int) -> Iterator[list[Any]]:

@@ -38,6 +38,7 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from align_hf.data.decoded import DecodedPairs
 from align_hf.data.pipeline import DataStats, ImageTextLoader, ImageTextPairs, build_train_stream
 from align_hf.data.transforms import STATS_KEY, ImageTextCollator, ImageTransform
 from align_hf.evaluation.eval_sets import as_eval_sets
@@ -46,7 +47,7 @@ from align_hf.training import checkpointing
 from align_hf.training.arguments import AlignTrainingArguments
 from align_hf.training.budget import BudgetClock, TimeBudgetCallback, budget_schedule_factor
 from align_hf.training.feature_cache import feature_cached_step, split_micro_batches
-from align_hf.training.freezing import freeze_batch_norm, freeze_towers, parameter_groups
+from align_hf.training.freezing import can_fuse_adamw, freeze_batch_norm, freeze_towers, parameter_groups
 from align_hf.training.stream import StreamingTrainLoader
 from align_hf.training.sync_batch_norm import sync_image_tower
 
@@ -140,6 +141,8 @@ class AlignTrainer(Trainer):
             **kwargs,
         )
         self.model_accepts_loss_kwargs = False
+        if isinstance(self.train_dataset, DecodedPairs) and isinstance(self.data_collator, ImageTextCollator):
+            self.train_dataset.pretokenize(self.data_collator.tokenize)  # fixed captions: tokenise once
         self._batch_stats = DataStats()  # counts carried by batches of map-style data
         self._stream: StreamingTrainLoader | None = None
         self._window = {"loss_steps": 0, "temperature": 0.0, "i2t": 0.0, "t2i": 0.0, "pairs": 0}
@@ -259,7 +262,8 @@ class AlignTrainer(Trainer):
             # Gradient clipping is left to the Trainer (max_grad_norm), which knows about sharding.
             self.optimizer = Lamb(groups, lr=self.args.learning_rate, betas=betas, eps=self.args.adam_epsilon, max_grad_norm=None)
         else:
-            self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, betas=betas, eps=self.args.adam_epsilon)
+            self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, betas=betas, eps=self.args.adam_epsilon,
+                                               fused=can_fuse_adamw(groups) or None)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
