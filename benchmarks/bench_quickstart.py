@@ -1,6 +1,6 @@
 """Where a quickstart training step spends its time, and which thread setting holds up on a busy machine.
 
-    python benchmarks/bench_quickstart.py [--rounds 2] [--steps 10]
+    python benchmarks/bench_quickstart.py [--rounds 2] [--steps 10] [--components-only]
 
 1. Threads and allocator: one training step of the quickstart model (64 px, batch 128, fast path
    on) timed with 1 thread, 2 threads, 2 threads with ``OMP_WAIT_POLICY=PASSIVE``, and 1 and 2
@@ -9,8 +9,10 @@
    ``--rounds`` rounds: medians of wall ms per step. Run it once on an idle machine and once while
    something else is busy to see both states.
 2. Components, one thread, CPU time (``time.process_time``, steady under contention): data per batch
-   streamed (decode every read) against pre-decoded (``align_hf.data.decoded``), and the model's
-   forward / backward / optimiser step with the text tower's dropout at 0.1 (BERT) and 0 (the recipe).
+   streamed (decode every read), pre-decoded (``align_hf.data.decoded``) and with the captions
+   tokenised once; the model's forward / backward / optimiser step with the text tower's dropout at
+   0.1 (BERT), with the full last text layer and an AdamW that loops over tensors (the state before
+   the text fast path and the fused optimiser), and as the quickstart trains.
 """
 
 from __future__ import annotations
@@ -35,7 +37,15 @@ SETTINGS = (
 )
 
 
-def _model(image_size: int, text_dropout: float, vocab_size: int = 700):
+# Model variants of the component table: (name, text dropout, text tower's [CLS]-only last layer, fused AdamW).
+MODEL_VARIANTS = (
+    ("text dropout 0.1 (BERT's)", 0.1, True, True),
+    ("full last text layer, AdamW looping over tensors (the previous state)", 0.0, False, False),
+    ("the quickstart", 0.0, True, True),
+)
+
+
+def _model(image_size: int, text_dropout: float, vocab_size: int = 700, text_fast_path: bool = True, fused: bool = True):
     import torch
 
     from align_hf.configuration_align import AlignConfig
@@ -45,8 +55,9 @@ def _model(image_size: int, text_dropout: float, vocab_size: int = 700):
     config = AlignConfig.from_preset("tiny", vision_config={"image_size": image_size}, text_config={
         "vocab_size": vocab_size, "hidden_dropout_prob": text_dropout, "attention_probs_dropout_prob": text_dropout})
     model = AlignModel(config).train().set_fast_path(True)  # as the quickstart's trainer runs it
+    model.text_model.set_fast_path(text_fast_path)
     model.vision_model.to(memory_format=torch.channels_last)
-    return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused)  # AlignTrainer fuses it on CPU
 
 
 def _batch(image_size: int, batch: int):
@@ -136,8 +147,13 @@ def component_table(steps: int) -> None:
         for _ in range(steps):
             collator([decoded[rng.randrange(len(decoded))] for _ in range(128)])
         rows.append((f"data: pre-decoded (+{1000 * once / len(decoded):.2f} ms per pair once)", 1000 * (time.process_time() - start) / steps))
-    for dropout in (0.1, 0.0):
-        model, optimizer = _model(64, dropout)
+        decoded.pretokenize(collator.tokenize)  # as AlignTrainer does
+        start = time.process_time()
+        for _ in range(steps):
+            collator([decoded[rng.randrange(len(decoded))] for _ in range(128)])
+        rows.append(("data: pre-decoded, captions tokenised once", 1000 * (time.process_time() - start) / steps))
+    for variant, dropout, text_fast_path, fused in MODEL_VARIANTS:
+        model, optimizer = _model(64, dropout, text_fast_path=text_fast_path, fused=fused)
         pixels, ids, mask = _batch(64, 128)
         spent = {"forward": 0.0, "backward": 0.0, "optimiser": 0.0}
         for index in range(steps + 2):
@@ -154,7 +170,7 @@ def component_table(steps: int) -> None:
                 spent["backward"] += t2 - t1
                 spent["optimiser"] += t3 - t2
         for part, seconds in spent.items():
-            rows.append((f"model {part}, text dropout {dropout:g}", 1000 * seconds / steps))
+            rows.append((f"model {part}: {variant}", 1000 * seconds / steps))
     print("\n| one thread, 64 px, batch 128 | CPU ms per step |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value:.1f} |")
@@ -166,12 +182,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps (batches) timed per measurement")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--keep-memory", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--components-only", action="store_true", help="skip the thread/allocator table")
     args = parser.parse_args()
     if args.child is not None:
         step_child(args.child, args.steps, 64, 128, args.keep_memory)
         return
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    thread_table(args.rounds, args.steps)
+    if not args.components_only:
+        thread_table(args.rounds, args.steps)
     component_table(args.steps)
 
 
