@@ -3,6 +3,8 @@ and the same gradients, for BERT and RoBERTa encoders with eager and SDPA attent
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -91,3 +93,31 @@ def test_align_model_fast_path_turns_on_both_towers_and_keeps_the_loss():
     fast = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, return_loss=True)
     torch.testing.assert_close(fast.text_embeds, reference.text_embeds, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(fast.loss, reference.loss, rtol=1e-9, atol=1e-10)
+
+
+def test_left_padding_and_full_rows_are_not_packed_but_still_exact():
+    model = _text_model()
+    ids, mask = _inputs()
+    mask[2, :3] = 0  # a row whose [CLS] slot is padding: nothing is packed then
+    full, full_grads = _pooled_and_grads(model, ids, mask, fast=False)
+    fast, fast_grads = _pooled_and_grads(model, ids, mask, fast=True)
+    torch.testing.assert_close(fast, full, rtol=1e-10, atol=1e-10)
+    for name in full_grads:
+        torch.testing.assert_close(fast_grads[name], full_grads[name], rtol=1e-9, atol=1e-10, msg=name)
+    ones = torch.ones_like(mask)
+    torch.testing.assert_close(_pooled_and_grads(model, ids, ones, fast=True)[0],
+                               _pooled_and_grads(model, ids, ones, fast=False)[0], rtol=1e-10, atol=1e-10)
+
+
+def test_gradient_checkpointing_keeps_the_layers_own_forwards():
+    model = _text_model(layers=3).train()
+    with warnings.catch_warnings():  # transformers 5.2x renames it activation_checkpointing_enable
+        warnings.simplefilter("ignore", FutureWarning)
+        model.transformer.gradient_checkpointing_enable()
+    assert model.transformer.encoder.layer[0].gradient_checkpointing
+    ids, mask = _inputs()
+    full, full_grads = _pooled_and_grads(model, ids, mask, fast=False)
+    fast, fast_grads = _pooled_and_grads(model, ids, mask, fast=True)
+    torch.testing.assert_close(fast, full, rtol=1e-10, atol=1e-10)
+    for name in full_grads:
+        torch.testing.assert_close(fast_grads[name], full_grads[name], rtol=1e-9, atol=1e-10, msg=name)
