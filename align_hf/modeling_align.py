@@ -246,7 +246,9 @@ class AlignTextModel(AlignPreTrainedModel):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
                   "position_ids": position_ids, "inputs_embeds": inputs_embeds}
         inputs = {k: v[:, :keep] if v is not None and keep < full_length else v for k, v in inputs.items()}
-        if self.fast_path and not output_hidden_states and not output_attentions and not kwargs:
+        # A compiled encoder (compile_towers) is called as a whole; the fast path would bypass it.
+        compiled = getattr(self.transformer, "_compiled_call_impl", None) is not None
+        if self.fast_path and not compiled and not output_hidden_states and not output_attentions and not kwargs:
             pooled = cls_state(self.transformer, **inputs)
             return (None, pooled) if return_dict is False else BaseModelOutputWithPooling(pooler_output=pooled)
         if output_attentions:

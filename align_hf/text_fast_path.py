@@ -86,7 +86,8 @@ class _Packing:
     def __init__(self, attention_mask: torch.Tensor | None, batch: int, length: int, device: torch.device):
         self.batch, self.length, self.positions = batch, length, None
         self.first = torch.arange(batch, device=device) * length
-        if attention_mask is not None and bool(attention_mask[:, 0].all()) and not bool(attention_mask.all()):
+        tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()  # no data-dependent shapes then
+        if attention_mask is not None and not tracing and bool(attention_mask[:, 0].all()) and not bool(attention_mask.all()):
             real = attention_mask.reshape(-1) != 0
             self.positions = real.nonzero().squeeze(1)
             counts = real.view(batch, length).sum(1)
