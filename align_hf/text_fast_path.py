@@ -86,7 +86,8 @@ class _Packing:
     def __init__(self, attention_mask: torch.Tensor | None, batch: int, length: int, device: torch.device):
         self.batch, self.length, self.positions = batch, length, None
         self.first = torch.arange(batch, device=device) * length
-        tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()  # no data-dependent shapes then
+        exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+        tracing = torch.compiler.is_compiling() or exporting  # no data-dependent shapes then
         if attention_mask is not None and not tracing and bool(attention_mask[:, 0].all()) and not bool(attention_mask.all()):
             real = attention_mask.reshape(-1) != 0
             self.positions = real.nonzero().squeeze(1)
@@ -145,7 +146,7 @@ def cls_state(
     if any(getattr(layer, "gradient_checkpointing", False) for layer in body) and torch.is_grad_enabled():
         for layer in body:  # the layers' own forwards, which know how to checkpoint
             hidden = layer(hidden, mask)
-            hidden = hidden[0] if isinstance(hidden, tuple) else hidden  # older transformers 5.x: tuples
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden  # in case a transformers version returns tuples
         body = []
         attention_mask = None
     packing = _Packing(attention_mask, hidden.shape[0], hidden.shape[1], hidden.device)
