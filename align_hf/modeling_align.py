@@ -23,6 +23,7 @@ from transformers.utils import ModelOutput
 from .configuration_align import AlignConfig, AlignTextConfig, AlignVisionConfig
 from .image_backbone import build_image_backbone
 from .loss import AlignContrastiveHead
+from .text_fast_path import cls_state, supports_cls_only, used_length
 
 # Keeps the normalisation finite for an all-zero embedding (transformers' AlignModel returns NaN there).
 NORM_EPS = 1e-12
@@ -188,8 +189,9 @@ class AlignTextModel(AlignPreTrainedModel):
 
     Trailing columns that are padding in every row are dropped before the encoder runs (exact, since
     padded keys are masked out) and the hidden states are zero-padded back to the input length.
-    With the fast path on (:meth:`set_fast_path`) and no per-token outputs asked for, the last layer
-    runs for [CLS] alone (:mod:`align_hf.text_fast_path`) and ``last_hidden_state`` is None.
+    With the fast path on (:meth:`set_fast_path`) and no per-token outputs asked for, the layers skip
+    padding and the last one runs its top for [CLS] alone (:mod:`align_hf.text_fast_path`);
+    ``last_hidden_state`` is then None.
     """
 
     config_class = AlignTextConfig
@@ -207,10 +209,9 @@ class AlignTextModel(AlignPreTrainedModel):
         self.post_init()
 
     def set_fast_path(self, enabled: bool = True) -> "AlignTextModel":
-        """Compute only the [CLS] row of the last layer when only ``pooler_output`` is needed (same
-        value to float rounding); a no-op for encoders :mod:`align_hf.text_fast_path` cannot run."""
-        from .text_fast_path import supports_cls_only
-
+        """When only ``pooler_output`` is needed, skip padding in every layer and run the last layer's
+        top for [CLS] alone (same value to float rounding); a no-op for encoders
+        :mod:`align_hf.text_fast_path` cannot run."""
         self.fast_path = bool(enabled) and supports_cls_only(self.transformer)
         return self
 
@@ -236,8 +237,6 @@ class AlignTextModel(AlignPreTrainedModel):
         ``(B, L, hidden)`` and ``pooler_output`` ``(B, hidden)`` (the [CLS] state, unprojected)."""
         if input_ids is None and inputs_embeds is None:
             raise ValueError("You have to specify input_ids or inputs_embeds")
-        from .text_fast_path import cls_state, used_length
-
         full_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         keep = full_length
         if attention_mask is not None and not output_attentions and not torch.compiler.is_compiling():
@@ -388,8 +387,9 @@ class AlignModel(AlignPreTrainedModel):
         """Train and embed faster: channels-last image tower, BatchNorm folded on the fly in eval
         mode, convolution + activation + residual fused on CPU (see :mod:`align_hf.fast_blocks`).
         Same results to float rounding; off by default, when features are bitwise transformers'.
-        The text tower's fast path runs the last layer for [CLS] alone (:mod:`align_hf.text_fast_path`);
-        its ``last_hidden_state`` is then None unless hidden states or attentions are asked for."""
+        The text tower's fast path skips padding and runs the last layer's top for [CLS] alone
+        (:mod:`align_hf.text_fast_path`); its ``last_hidden_state`` is then None unless hidden states
+        or attentions are asked for."""
         self.vision_model.set_fast_path(enabled)
         self.text_model.set_fast_path(enabled)
         return self

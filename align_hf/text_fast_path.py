@@ -143,16 +143,18 @@ def cls_state(
     if attention_mask is not None:
         mask = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden, attention_mask=attention_mask)
     *body, last = encoder.encoder.layer
-    if any(getattr(layer, "gradient_checkpointing", False) for layer in body) and torch.is_grad_enabled():
-        for layer in body:  # the layers' own forwards, which know how to checkpoint
+    # The layers' own forwards know how to checkpoint: under gradient checkpointing they run the
+    # body unpacked, and only the last layer is done here.
+    checkpointed = torch.is_grad_enabled() and any(getattr(layer, "gradient_checkpointing", False) for layer in body)
+    if checkpointed:
+        for layer in body:
             hidden = layer(hidden, mask)
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden  # in case a transformers version returns tuples
-        body = []
-        attention_mask = None
-    packing = _Packing(attention_mask, hidden.shape[0], hidden.shape[1], hidden.device)
+    packing = _Packing(None if checkpointed else attention_mask, hidden.shape[0], hidden.shape[1], hidden.device)
     tokens = packing.pack(hidden)
-    for layer in body:
-        tokens = _packed_layer(layer, tokens, packing, mask)
+    if not checkpointed:
+        for layer in body:
+            tokens = _packed_layer(layer, tokens, packing, mask)
     return _packed_layer(last, tokens, packing, mask, cls_only=True)
 
 

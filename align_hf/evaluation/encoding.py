@@ -65,7 +65,7 @@ def fast_path(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     The image tower's fast path (:meth:`~align_hf.modeling_align.AlignModel.set_fast_path`) folds
     BatchNorm on the fly in eval mode, caching the folded weights until the model's weights change,
     so nothing is copied and a model being trained can be evaluated between steps; the text tower's
-    runs its last layer for [CLS] alone. Models without the setting (e.g. transformers'
+    skips padding and runs its last layer's top for [CLS] alone. Models without the setting (e.g. transformers'
     AlignModel) run unchanged.
     """
     restore = []
