@@ -16,7 +16,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
+# torch's wheels with their CUDA libraries take ~7 GB once installed: say so before pip runs out of disk.
+NEED_GB ?= 9
 $(STAMP): $(PY) setup.cfg pyproject.toml
+	@$(PY) -c "import importlib.util, shutil, sys; free = shutil.disk_usage('$(VENV)').free / 2**30; \
+	sys.exit(0) if free >= $(NEED_GB) or importlib.util.find_spec('torch') else print(f'warning: {free:.1f} GB free where $(VENV) is installed; torch and its CUDA libraries need about $(NEED_GB) GB (pip would fail with No space left on device)', file=sys.stderr)"
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e ".[dev,demo]"
 	touch $(STAMP)
