@@ -7,11 +7,14 @@
     plus, for reference, the same embedding folder written by one process (``--no-ray``), and
     (b0) ``index build`` as it was at ``--baseline-rev`` (default be563d0, before the Ray path and
         the image tower's fast path: images decoded one by one in the main thread, eager BatchNorm),
-        run from a git worktree of that commit in a subprocess; only its build call is timed.
+        run from a git worktree of that commit in a subprocess; only its build call is timed;
+    (m), with ``--methods ...,m``: the image tower alone as (b) runs it, on pixels decoded once (no
+        file reading or decoding): the ceiling of any path embedding on this process's CPUs.
 
 Same weights everywhere (EfficientNet-B0 widths, 4-layer BERT 256 wide, ``--image-size`` px, the
 configuration of ``bench_model.py``), same synthetic JPEG files (smooth random images), images
-only (no captions). Each repeat runs every method once, interleaved, so load changes hit all of
+only (no captions). This process keeps freed memory as the ``align-hf`` program does unless
+``--allocator default`` (Ray's embedding actors keep it in any case). Each repeat runs every method once, interleaved, so load changes hit all of
 them alike; the table gives median images/s and the ratio to (b). Start-up of the Ray actors
 (a fresh process importing torch and unpickling the model) is inside (c)'s time.
 
@@ -55,9 +58,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cpus-per-actor", type=float, default=None, help="CPUs reserved per Ray actor (default: plan_resources)")
     parser.add_argument("--main-threads", type=int, default=None,
                         help="torch threads of this process, for (a), (b) and --no-ray (default: torch's choice)")
-    parser.add_argument("--methods", default="a,b0,b,c,one", help="comma list of a, b0, b, c, one (default: all)")
+    parser.add_argument("--methods", default="a,b0,b,c,one", help="comma list of a, b0, b, c, one, m (default: all but m)")
     parser.add_argument("--baseline-rev", default="be563d0",
                         help="commit whose index build is (b0) (default: be563d0, before the Ray and fast paths)")
+    parser.add_argument("--allocator", choices=("kept", "default"), default="kept",
+                        help="kept (default): this process keeps freed memory as the align-hf program does "
+                             "(align_hf.training.allocator), so (b) runs as `align-hf index build` does; Ray's "
+                             "embedding actors always keep it. default: glibc's settings in this process")
     parser.add_argument("--workdir", default=None, help="where files go (default: a temporary folder)")
     return parser.parse_args(argv)
 
@@ -179,6 +186,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     args = argparse.Namespace(**{**defaults, **vars(args)})
     if args.main_threads:
         torch.set_num_threads(args.main_threads)
+    kept = False
+    if args.allocator == "kept":
+        from align_hf.training.allocator import keep_freed_memory
+
+        kept = keep_freed_memory()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_embed_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -201,6 +213,28 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     def run_a() -> int:
         return plain_loop(reference, processor, files, args.batch)
+
+    ceiling: dict[str, Any] = {}
+    if "m" in methods:  # set up outside the timed runs: the folded model and one batch of pixels
+        from PIL import Image
+
+        from align_hf.evaluation.encoding import prepare_for_embedding
+
+        images = [Image.open(f).convert("RGB") for f in files[: args.batch]]
+        pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+        ceiling.update(model=prepare_for_embedding(ours), pixels=pixels.contiguous(memory_format=torch.channels_last))
+
+    def run_m(out: Path) -> int:
+        """(m): only the image tower, as (b) runs it, on one batch of pixels decoded once and embedded
+        ``count / batch`` times: no reading, decoding or resizing. No path that embeds files on this
+        process's CPUs can pass it, so it bounds what (b) and (c) can reach here."""
+        done = 0
+        with torch.inference_mode():
+            for start in range(0, count, args.batch):
+                rows = min(args.batch, count - start)
+                ceiling["model"].get_image_features(pixel_values=ceiling["pixels"][:rows])
+                done += rows
+        return done
 
     def run_b(out: Path) -> int:
         images, image_column, _ = open_images(source, None, "train", out / "partial")
@@ -241,6 +275,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     runners = {"a": ("(a) transformers AlignModel, plain loop", lambda out: run_a()),
                "b0": (f"(b0) align-hf index build at {args.baseline_rev}", run_b0),
                "b": ("(b) align-hf index build (today)", run_b),
+               "m": ("(m) image tower alone, decoded pixels", run_m),
                "one": ("    align-hf index embed --no-ray", run_one),
                "c": ("(c) align-hf index embed (Ray Data)", run_c)}
     ray_start = None
@@ -275,7 +310,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                      "vs_b0": rate / base0 if base0 else None, "steady_images_per_s": after, "seconds": times[method]})
     print(f"{count} JPEGs {args.photo_size[0]}x{args.photo_size[1]} ({args.format}, {len(plan.labels)} shards), "
           f"{args.image_size}px B0 + BERT 4x256, batch {args.batch}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads here), median of {args.repeats}"
+          f"({torch.get_num_threads()} threads here), freed memory {'kept' if kept else 'returned (glibc default)'} here, "
+          f"median of {args.repeats}"
           + (f"; Ray start-up {ray_start:.1f} s, not counted" if ray_start else ""))
     print(f"| {'method':42s} | {'images/s':>9s} | {'vs (b0)':>7s} | {'vs (b)':>7s} | {'after 1st shard':>15s} |")
     print(f"|{'-' * 44}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 17}|")

@@ -217,15 +217,23 @@ class Embedder:
         threads: torch CPU threads (default: torch's choice, which Ray sets to the actor's CPUs).
         prepare: use :func:`prepare_model` (else the model as given, in eval mode).
         in_place: prepare ``model`` itself rather than a copy (it belongs to this embedder).
+        keep_freed_memory: the process is this embedder's alone (a Ray actor): tell glibc to keep
+            freed memory (:func:`~align_hf.training.allocator.keep_freed_memory`, as the
+            ``align-hf`` program does), or every batch faults in fresh pages for its activations.
 
     Returns per batch the :data:`ROW_COLUMNS` plus ``image_emb`` and, with tokens, ``text_emb``
     ``(B, D)`` float32, L2-normalised (rows that were not embedded are zeros).
     """
 
     def __init__(self, model: Any, dim: int, device: str | None = None, dtype: Any = None,
-                 threads: int | None = None, prepare: bool = True, in_place: bool = False) -> None:
+                 threads: int | None = None, prepare: bool = True, in_place: bool = False,
+                 keep_freed_memory: bool = False) -> None:
         import torch
 
+        if keep_freed_memory:
+            from align_hf.training.allocator import keep_freed_memory as keep
+
+            keep()
         if threads:
             torch.set_num_threads(threads)
         if isinstance(model, (str, os.PathLike)):

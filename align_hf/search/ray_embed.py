@@ -161,7 +161,8 @@ def embed_with_ray(
                 compute=ray.data.ActorPoolStrategy(size=pool["actors"]),
                 num_cpus=pool["num_cpus"], num_gpus=pool["num_gpus"] or None,
                 fn_constructor_kwargs={"model": _portable_model(model if isinstance(model, (str, os.PathLike)) else driver_model),
-                                       "dim": writer.dim, "threads": pool["threads"], "in_place": True},
+                                       "dim": writer.dim, "threads": pool["threads"], "in_place": True,
+                                       "keep_freed_memory": True},
             )
             batches.context.execution_options.preserve_order = True  # parts and rows arrive in input order
             batches.context.enable_progress_bars = False
