@@ -17,6 +17,7 @@ embedding functions use by default; the "default path" rows are align_hf with th
 
     python benchmarks/bench_model.py                              # CPU, fp32, the b0 workload
     python benchmarks/bench_model.py --threads 1 --repeats 9      # one core, less noise
+    python benchmarks/bench_model.py --allocator kept             # both models without page-fault churn
     python benchmarks/bench_model.py --preset b7 --device cuda --dtype bfloat16 --channels-last \\
         --batch-size 32 --output json                             # GPU; JSON as the last line
 """
@@ -114,11 +115,19 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also time align_hf with torch.compile'd towers (transformers stays eager)")
     parser.add_argument("--targets-only", action="store_true",
                         help="only the training step and image embedding on align_hf's fast path")
+    parser.add_argument("--allocator", choices=("default", "kept"), default="default",
+                        help="kept: keep freed memory in this process as the align-hf program does "
+                             "(align_hf.training.allocator), for both models; default: glibc's settings")
     parser.add_argument("--output", default=None,
                         help="'json': print a JSON summary as the last line; a path: also write it there")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.allocator == "kept":
+        from align_hf.training.allocator import keep_freed_memory
+
+        if not keep_freed_memory():
+            print("note: could not keep freed memory here (not glibc, or ALIGN_HF_KEEP_FREED_MEMORY=0)")
     device = torch.device(args.device)
     image_size = args.image_size or PRESETS[args.preset]["image_size"]
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
@@ -208,6 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
         + f", {args.dtype}, preset {args.preset}, batch {args.batch_size}, {image_size}px, "
         f"transformers {'channels-last' if args.channels_last else 'as it comes (NCHW)'}, eager"
         + (f"; align_hf compiled rows: compile took {compile_seconds:.0f} s, not counted" if args.compile else "")
+        + f"; freed memory {'kept' if args.allocator == 'kept' else 'returned (glibc default)'}"
         + f"; medians of {args.repeats} interleaved runs"
     )
     print(header)
@@ -221,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = dict(
         benchmark="bench_model", preset=args.preset, device=args.device, dtype=args.dtype,
         channels_last=args.channels_last, compile=args.compile, compile_seconds=compile_seconds,
-        batch_size=args.batch_size, image_size=image_size, repeats=args.repeats,
+        batch_size=args.batch_size, image_size=image_size, repeats=args.repeats, allocator=args.allocator,
         threads=torch.get_num_threads() if device.type == "cpu" else None,
         torch=torch.__version__, transformers=transformers.__version__, rows=table,
     )
