@@ -279,6 +279,10 @@ def test_bad_input_gives_clear_errors(built, tiny, tmp_path, image_folder):
     searcher = Searcher(index, model, processor, check=False)
     with pytest.raises(ValueError, match="cannot read the query image"):
         searcher.search(image=tmp_path / "missing.jpg")
+    with pytest.raises(ValueError, match="the text query is empty"):
+        searcher.search(text="  ")
+    with pytest.raises(ValueError, match="minus query 2 is empty"):
+        searcher.search(text="a red circle", minus=["blue", ""])
     with pytest.raises(FileNotFoundError, match="manifest.json is missing"):
         CrossModalIndex.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="image folder"):
@@ -399,6 +403,15 @@ def test_cli_search_refuses_another_model_and_empty_queries(saved_model, tiny, i
     # an index whose model was built in memory names no loadable model
     assert main(["search", "--index", str(out), "--text", "a red circle"]) == 2
     assert "pass --model" in capsys.readouterr().err
+    # a blank text, a missing or unreadable query image: one line on stderr, no traceback
+    assert main(["search", "--index", str(out), "--model", str(saved_model), "--text", " "]) == 2
+    assert "--text is empty" in capsys.readouterr().err
+    assert main(["search", "--index", str(out), "--model", str(saved_model), "--image", str(tmp_path / "no.jpg")]) == 2
+    assert "no image file" in capsys.readouterr().err
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    assert main(["search", "--index", str(out), "--model", str(saved_model), "--image", str(tmp_path / "bad.jpg"),
+                 "--target", "text", "-k", "1"]) == 2
+    assert "cannot read the query image" in capsys.readouterr().err
 
 
 def test_loaded_index_can_be_saved_again_in_place(built, tmp_path):

@@ -158,6 +158,13 @@ def run_search(args: argparse.Namespace) -> int:
     if not args.text and not args.image and not args.minus:
         print("error: give --text, --image and/or --minus", file=sys.stderr)
         return 2
+    blank = [f"--{name}" for name in ("text", "minus") if any(not t.strip() for t in getattr(args, name) or [])]
+    if blank:  # checked before the model loads
+        print(f"error: {' and '.join(blank)} is empty: give words to search for", file=sys.stderr)
+        return 2
+    if args.image and "://" not in args.image and not os.path.isfile(args.image):
+        print(f"error: no image file {args.image!r}", file=sys.stderr)
+        return 2
     index = CrossModalIndex.load(args.index)
     model_name = args.model or index.model_id
     if not model_name or not (os.path.isdir(model_name) or "/" in model_name):
@@ -172,10 +179,14 @@ def run_search(args: argparse.Namespace) -> int:
     if args.nprobe is not None or args.rerank is not None:
         params = {k: v for k, v in (("nprobe", args.nprobe), ("rerank", args.rerank)) if v is not None}
         searcher.set_search_params(**params)
-    hits = searcher.search(
-        text=args.text, image=args.image, minus=args.minus, target=args.target, k=args.k,
-        image_weight=args.image_weight, text_weight=args.text_weight,
-    )
+    try:
+        hits = searcher.search(
+            text=args.text, image=args.image, minus=args.minus, target=args.target, k=args.k,
+            image_weight=args.image_weight, text_weight=args.text_weight,
+        )
+    except ValueError as err:  # an unreadable query image, a blank text
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], indent=1, ensure_ascii=False))
     else:
@@ -234,7 +245,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     query.add_argument("--minus", action="append", help="text to subtract from the query (repeatable)")
     query.add_argument("--image", help="query image file")
     query.add_argument("--target", choices=("image", "text"), help="collection to search (default: images if indexed)")
-    query.add_argument("--k", type=int, default=10, help="number of results (default: 10)")
+    query.add_argument("-k", "--k", type=int, default=10, help="number of results (default: 10)")
     query.add_argument("--image-weight", type=float, default=1.0, help="weight of the image (default: 1)")
     query.add_argument("--text-weight", type=float, default=2.0, help="weight of each text (default: 2)")
     query.add_argument("--nprobe", type=int, help="IVF lists visited per query (default: the index's setting)")

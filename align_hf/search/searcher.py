@@ -57,6 +57,19 @@ def _as_rows(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.atleast_2d(np.asarray(x, dtype=np.float64))
 
 
+def _query_texts(texts: str | Sequence[str] | None, name: str) -> list[str]:
+    """``texts`` as a list; a blank one is an error (its embedding would be the tokenizer's
+    special tokens alone, which matches arbitrary items)."""
+    if texts is None:
+        return []
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    for i, item in enumerate(texts):
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f"{name} query {i + 1} is empty: give words to search for" if len(texts) > 1
+                             else f"the {name} query is empty: give words to search for")
+    return texts
+
+
 class Searcher:
     """Text->image, image->text, image->image and image+text search over a :class:`CrossModalIndex`.
 
@@ -118,6 +131,7 @@ class Searcher:
         """
         target = target or ("image" if "image" in self.index else "text")
         collection = self.index[target]
+        text, minus = _query_texts(text, "text"), _query_texts(minus, "minus")
         query = compose_query(
             image=self.embed_image(image) if image is not None else None,
             texts=self.embed_text(text) if text else None,
