@@ -43,7 +43,7 @@ from align_hf.data.pipeline import DataStats, ImageTextLoader, ImageTextPairs, b
 from align_hf.data.transforms import STATS_KEY, ImageTextCollator, ImageTransform
 from align_hf.evaluation.eval_sets import as_eval_sets
 from align_hf.evaluation.runner import evaluate_sets
-from align_hf.training import checkpointing
+from align_hf.training import checkpointing, sharding
 from align_hf.training.arguments import AlignTrainingArguments
 from align_hf.training.budget import BudgetClock, TimeBudgetCallback, budget_schedule_factor
 from align_hf.training.feature_cache import feature_cached_step, split_micro_batches
@@ -141,6 +141,8 @@ class AlignTrainer(Trainer):
             **kwargs,
         )
         self.model_accepts_loss_kwargs = False
+        # FSDP2 cannot shard the 0-d temperature: it stays whole on every rank, its gradient averaged here.
+        self._replicated = sharding.replicate_scalars(getattr(self.accelerator.state, "fsdp_plugin", None), self.model)
         if isinstance(self.train_dataset, DecodedPairs) and isinstance(self.data_collator, ImageTextCollator):
             self.train_dataset.pretokenize(self.data_collator.tokenize)  # fixed captions: tokenise once
         self._batch_stats = DataStats()  # counts carried by batches of map-style data
@@ -292,8 +294,12 @@ class AlignTrainer(Trainer):
         if pixels is not None:
             self._window["pairs"] += int(pixels.shape[0]) * max(1, self.args.world_size)
         if getattr(self.args, "accum_freq", 1) > 1:
-            return self._feature_cached_step(model, inputs)
-        return super().training_step(model, inputs, num_items_in_batch)
+            loss = self._feature_cached_step(model, inputs)
+        else:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._replicated and self.accelerator.sync_gradients:
+            sharding.average_gradients(self._replicated)
+        return loss
 
     def _feature_cached_step(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
         """``--accum_freq K``: the batch of K x N pairs is cut into K micro-batches contrasted as one
@@ -382,23 +388,6 @@ class AlignTrainer(Trainer):
 
     # ------------------------------------------------------------------ evaluation
 
-    def _full_parameters(self):
-        """A context under which the unwrapped model holds full parameters (ZeRO-3 / FSDP)."""
-        if self.is_deepspeed_enabled and getattr(self.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3:
-            import deepspeed
-
-            return deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None)
-        if self.is_fsdp_enabled:
-            try:
-                from torch.distributed.fsdp import FullyShardedDataParallel
-
-                if isinstance(self.model_wrapped, FullyShardedDataParallel):
-                    return FullyShardedDataParallel.summon_full_params(self.model_wrapped, writeback=False)
-            except ImportError:  # pragma: no cover
-                pass
-            return _unsharded_fsdp2(self.model)
-        return contextlib.nullcontext()
-
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Embed every image and text of each eval set, then compute recall@K / zero-shot accuracy.
 
@@ -409,9 +398,7 @@ class AlignTrainer(Trainer):
             raise ValueError("AlignTrainer.evaluate needs eval sets (eval_dataset=...)")
         start = time.perf_counter()
         model = self.accelerator.unwrap_model(self.model)
-        sharded_engine = self.is_fsdp_enabled or (
-            self.is_deepspeed_enabled and getattr(self.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
-        )
+        sharded_engine = sharding.is_sharded(self)
         autocast = contextlib.nullcontext()
         if self.args.bf16 or self.args.fp16:
             dtype = torch.bfloat16 if self.args.bf16 else torch.float16
@@ -425,7 +412,7 @@ class AlignTrainer(Trainer):
                 progress=not self.args.disable_tqdm and self.is_local_process_zero(),
                 # Sharded engines need every rank in every forward: each rank embeds everything.
                 shard=not sharded_engine,
-                context=self._full_parameters if sharded_engine else None,
+                context=(lambda: sharding.full_parameters(self)) if sharded_engine else None,
             )
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
         metrics[f"{metric_key_prefix}_runtime"] = time.perf_counter() - start
@@ -499,24 +486,6 @@ class AlignTrainer(Trainer):
             card.save(os.path.join(directory, "README.md"))
         self._barrier()
         return directory
-
-
-@contextlib.contextmanager
-def _unsharded_fsdp2(model: nn.Module):
-    """Unshard every FSDP2 module for the duration (no-op for models without FSDP2)."""
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
-    for module in modules:
-        module.unshard()
-    try:
-        yield
-    finally:
-        for module in modules:
-            module.reshard()
 
 
 __all__ = ["AlignTrainer", "MODEL_INPUTS"]
