@@ -127,6 +127,7 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and x.is_contiguous(memory_format=torch.channels_last)
+        and not torch.is_autocast_enabled("cpu")  # the forward would run in bf16, the gradients not
         and not _tracing()
         and _slow_depthwise_grad(x, weight, padding, dilation, groups)
     ):

@@ -67,5 +67,11 @@ def test_only_where_oneDNN_is_slow():
     assert "DepthwiseConv" not in type(_conv2d(x, grouped, None, (1, 1), (2, 2), (1, 1), 2).grad_fn).__name__
     with torch.no_grad():
         assert _conv2d(x, w5, None, (1, 1), (2, 2), (1, 1), 4).grad_fn is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision keeps autograd's own path
+        out = _conv2d(x, w5, None, (1, 1), (2, 2), (1, 1), 4)
+    assert "DepthwiseConv" not in type(out.grad_fn).__name__
+    out.float().sum().backward()
+    assert w5.grad is not None and w5.grad.dtype == torch.float32
+    w5.grad = None
     assert "DepthwiseConv" in type(_conv2d(x, w5, None, (1, 1), (2, 2), (1, 1), 4).grad_fn).__name__
     assert _DepthwiseConv is not None
