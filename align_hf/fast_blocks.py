@@ -94,7 +94,7 @@ def _run_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         return conv(x)
     x, padding, shift = prepared
     weight = _shifted(conv.weight) if shift else conv.weight
-    return _conv2d(x, weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
+    return _conv2d(x, weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups, shifted=shift)
 
 
 # Depthwise weight gradients as one depthwise forward: on CPU, oneDNN's fast depthwise kernels
@@ -119,8 +119,23 @@ def _slow_depthwise_grad(x: torch.Tensor, weight: torch.Tensor, padding, dilatio
     )
 
 
-def _conv2d(x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
-    """``F.conv2d``, with depthwise weight gradients by :class:`_DepthwiseConv` where that is faster."""
+def _keras_3x3_stride2(x: torch.Tensor, weight: torch.Tensor, stride, padding, groups: int, shifted: bool) -> bool:
+    """A 3x3 stride-2 depthwise convolution with Keras' (0, 1) padding on an even map, run as the
+    shifted 4x4 kernel (see :func:`_conv_padding`)."""
+    return (
+        shifted
+        and groups == x.shape[1] == weight.shape[0]
+        and tuple(weight.shape[1:]) == (1, 4, 4)
+        and tuple(stride) == (2, 2)
+        and tuple(padding) == (1, 1)
+        and x.shape[2] % 2 == 0
+        and x.shape[3] % 2 == 0
+    )
+
+
+def _conv2d(x, weight, bias, stride, padding, dilation, groups, shifted: bool = False) -> torch.Tensor:
+    """``F.conv2d``, with depthwise weight gradients by :class:`_DepthwiseConv` where that is
+    faster. ``shifted``: ``weight`` is a :func:`_shifted` kernel (its first row and column are zero)."""
     if (
         weight.requires_grad
         and torch.is_grad_enabled()
@@ -129,10 +144,32 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
         and x.is_contiguous(memory_format=torch.channels_last)
         and not torch.is_autocast_enabled("cpu")  # the forward would run in bf16, the gradients not
         and not _tracing()
-        and _slow_depthwise_grad(x, weight, padding, dilation, groups)
     ):
-        return _DepthwiseConv.apply(x, weight, bias, tuple(stride), tuple(padding))
+        if _slow_depthwise_grad(x, weight, padding, dilation, groups):
+            return _DepthwiseConv.apply(x, weight, bias, tuple(stride), tuple(padding), False)
+        if tuple(dilation) == (1, 1) and _keras_3x3_stride2(x, weight, stride, padding, groups, shifted):
+            return _DepthwiseConv.apply(x, weight, bias, tuple(stride), tuple(padding), True)
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+def keras_3x3_stride2_weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """Weight gradient ``(C, 1, 3, 3)`` of a depthwise 3x3 stride-2 convolution with Keras' (0, 1)
+    padding on an even ``(B, C, H, W)`` map (output ``(B, C, H/2, W/2)``), for large maps.
+
+    Without the last output row and column it is a 3x3 convolution with padding 0, whose gradient
+    oneDNN computes with its fast kernel; the last row and column (the only outputs that reach the
+    padding) are added from thin slices by :func:`depthwise_weight_grad`.
+    """
+    b, c, h, w = x.shape
+    ho, wo = grad_out.shape[2:]
+    inner = grad_out[:, :, : ho - 1, : wo - 1].contiguous(memory_format=torch.channels_last)
+    grad = torch.ops.aten.convolution_backward(
+        inner, x, x.new_empty(c, 1, 3, 3), None, [2, 2], [0, 0], [1, 1], False, [0, 0], c, [False, True, False])[1]
+    last_rows = F.pad(x[:, :, h - 2 :, :], (0, 1, 0, 1))  # input rows of the last output row, zero-padded
+    grad += depthwise_weight_grad(last_rows, grad_out[:, :, ho - 1 :, :], (3, 3), (2, 2), (0, 0))
+    last_cols = F.pad(x[:, :, : h - 1, w - 2 :], (0, 1))  # the last output column, above the last row
+    grad += depthwise_weight_grad(last_cols, grad_out[:, :, : ho - 1, wo - 1 :], (3, 3), (2, 2), (0, 0))
+    return grad
 
 
 def depthwise_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: tuple[int, int], stride, padding) -> torch.Tensor:
@@ -150,29 +187,33 @@ def depthwise_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: 
 
 
 class _DepthwiseConv(torch.autograd.Function):
-    """A depthwise ``F.conv2d`` whose weight gradient is :func:`depthwise_weight_grad`."""
+    """A depthwise ``F.conv2d`` whose weight gradient is :func:`depthwise_weight_grad`, or with
+    ``keras_3x3`` (``weight`` a shifted 4x4 kernel) :func:`keras_3x3_stride2_weight_grad`."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding):
+    def forward(ctx, x, weight, bias, stride, padding, keras_3x3):
         ctx.save_for_backward(x, weight)
-        ctx.conf = (stride, padding, bias is not None)
+        ctx.conf = (stride, padding, bias is not None, keras_3x3)
         return F.conv2d(x, weight, bias, stride, padding, 1, x.shape[1])
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
-        stride, padding, has_bias = ctx.conf
+        stride, padding, has_bias, keras_3x3 = ctx.conf
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.convolution_backward(
                 grad_out, x, weight, None, list(stride), list(padding), [1, 1], False, [0, 0], x.shape[1],
                 [True, False, False])[0]
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and keras_3x3:
+            grad_w = weight.new_zeros(weight.shape)  # the zero first row and column are not parameters
+            grad_w[:, :, 1:, 1:] = keras_3x3_stride2_weight_grad(x, grad_out)
+        elif ctx.needs_input_grad[1]:
             grad_w = depthwise_weight_grad(x, grad_out, weight.shape[2:], stride, padding)
         if has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 def squeeze_excite(se: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -273,7 +314,7 @@ def conv_bn_act(
             return torch.ops.mkldnn._convolution_pointwise.binary(
                 inp, residual, weight, bias, *args, "add", None, None, [], None
             )
-    out = act(_conv2d(inp, weight, bias, conv.stride, padding, conv.dilation, conv.groups))
+    out = act(_conv2d(inp, weight, bias, conv.stride, padding, conv.dilation, conv.groups, shifted=shift))
     if residual is not None:
         out = (drop_path(out) if drop_path is not None else out) + residual
     return out

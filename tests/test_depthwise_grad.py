@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from align_hf.fast_blocks import _conv2d, _DepthwiseConv, depthwise_weight_grad
+from align_hf.fast_blocks import _conv2d, _DepthwiseConv, _shifted, depthwise_weight_grad, keras_3x3_stride2_weight_grad
 
 # (channels, map size, kernel, stride, padding): B0's 5x5 layers, the (k+1)x(k+1) stride-2 kernels,
 # a 3x3 with padding 2, a non-square kernel and an odd map.
@@ -75,3 +75,29 @@ def test_only_where_oneDNN_is_slow():
     w5.grad = None
     assert "DepthwiseConv" in type(_conv2d(x, w5, None, (1, 1), (2, 2), (1, 1), 4).grad_fn).__name__
     assert _DepthwiseConv is not None
+
+
+@pytest.mark.parametrize("size", [(8, 10), (34, 36)])
+def test_keras_stride2_3x3_gradient_on_large_maps(size):
+    """Keras' (0, 1)-padded 3x3 stride-2 depthwise convolution, as the fast path runs it (a shifted
+    4x4 kernel): the weight gradient from oneDNN's padding-0 3x3 gradient plus the last output row
+    and column, against float64 autograd through the padded copy Keras' padding means."""
+    h, w = size
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 5, h, w, generator=g)
+    kernel = torch.randn(5, 1, 3, 3, generator=g)
+    x64, k64 = x.double().requires_grad_(), kernel.double().requires_grad_()
+    ref = F.conv2d(F.pad(x64, (0, 1, 0, 1)), k64, None, 2, 0, 1, 5)
+    grad = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    expected = torch.autograd.grad(ref, (x64, k64), grad)
+    direct = keras_3x3_stride2_weight_grad(x64.detach().contiguous(memory_format=torch.channels_last),
+                                           grad.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(direct, expected[1], rtol=1e-12, atol=1e-12)
+
+    xs = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    ks = kernel.clone().requires_grad_()
+    out = _conv2d(xs, _shifted(ks), None, (2, 2), (1, 1), (1, 1), 5, shifted=True)
+    assert "DepthwiseConv" in type(out.grad_fn).__name__
+    torch.testing.assert_close(out.double(), ref.detach(), rtol=1e-5, atol=1e-5)
+    for got, want in zip(torch.autograd.grad(out, (xs, ks), grad.float()), expected):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
