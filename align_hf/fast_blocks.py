@@ -108,24 +108,19 @@ def _run_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 _DW_GRAD_MAX_POSITIONS = 32 * 32
 
 
-def _slow_depthwise_grad(x: torch.Tensor, weight: torch.Tensor, padding, dilation, groups: int) -> bool:
+def _slow_depthwise_grad(x: torch.Tensor, weight: torch.Tensor, padding) -> bool:
+    """A depthwise gradient oneDNN leaves to its generic kernel, on a map small enough for
+    :func:`depthwise_weight_grad` to win."""
     kh, kw = weight.shape[2:]
-    return (
-        groups == x.shape[1] == weight.shape[0]
-        and weight.shape[1] == 1
-        and tuple(dilation) == (1, 1)
-        and not (kh == kw == 3 and max(padding) <= 1)
-        and x.shape[2] * x.shape[3] <= _DW_GRAD_MAX_POSITIONS
-    )
+    return not (kh == kw == 3 and max(padding) <= 1) and x.shape[2] * x.shape[3] <= _DW_GRAD_MAX_POSITIONS
 
 
-def _keras_3x3_stride2(x: torch.Tensor, weight: torch.Tensor, stride, padding, groups: int, shifted: bool) -> bool:
+def _keras_3x3_stride2(x: torch.Tensor, weight: torch.Tensor, stride, padding, shifted: bool) -> bool:
     """A 3x3 stride-2 depthwise convolution with Keras' (0, 1) padding on an even map, run as the
     shifted 4x4 kernel (see :func:`_conv_padding`)."""
     return (
         shifted
-        and groups == x.shape[1] == weight.shape[0]
-        and tuple(weight.shape[1:]) == (1, 4, 4)
+        and tuple(weight.shape[2:]) == (4, 4)
         and tuple(stride) == (2, 2)
         and tuple(padding) == (1, 1)
         and x.shape[2] % 2 == 0
@@ -139,15 +134,18 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, shifted: bool = 
     if (
         weight.requires_grad
         and torch.is_grad_enabled()
+        and groups == x.shape[1] == weight.shape[0]  # depthwise, one filter per channel
+        and weight.shape[1] == 1
+        and tuple(dilation) == (1, 1)
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and x.is_contiguous(memory_format=torch.channels_last)
         and not torch.is_autocast_enabled("cpu")  # the forward would run in bf16, the gradients not
         and not _tracing()
     ):
-        if _slow_depthwise_grad(x, weight, padding, dilation, groups):
+        if _slow_depthwise_grad(x, weight, padding):
             return _DepthwiseConv.apply(x, weight, bias, tuple(stride), tuple(padding), False)
-        if tuple(dilation) == (1, 1) and _keras_3x3_stride2(x, weight, stride, padding, groups, shifted):
+        if _keras_3x3_stride2(x, weight, stride, padding, shifted):
             return _DepthwiseConv.apply(x, weight, bias, tuple(stride), tuple(padding), True)
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
@@ -207,8 +205,8 @@ class _DepthwiseConv(torch.autograd.Function):
                 grad_out, x, weight, None, list(stride), list(padding), [1, 1], False, [0, 0], x.shape[1],
                 [True, False, False])[0]
         if ctx.needs_input_grad[1] and keras_3x3:
-            grad_w = weight.new_zeros(weight.shape)  # the zero first row and column are not parameters
-            grad_w[:, :, 1:, 1:] = keras_3x3_stride2_weight_grad(x, grad_out)
+            # The shifted kernel's zero first row and column are padding, not parameters.
+            grad_w = _shifted(keras_3x3_stride2_weight_grad(x, grad_out))
         elif ctx.needs_input_grad[1]:
             grad_w = depthwise_weight_grad(x, grad_out, weight.shape[2:], stride, padding)
         if has_bias and ctx.needs_input_grad[2]:

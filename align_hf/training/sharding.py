@@ -20,16 +20,19 @@ import torch.distributed as dist
 from torch import nn
 
 
+def _zero3(trainer: Any) -> bool:
+    return bool(trainer.is_deepspeed_enabled and getattr(trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3)
+
+
 def is_sharded(trainer: Any) -> bool:
     """Whether ``trainer`` (a ``transformers.Trainer``) shards parameters across ranks."""
-    zero3 = trainer.is_deepspeed_enabled and getattr(trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
-    return bool(trainer.is_fsdp_enabled or zero3)
+    return bool(trainer.is_fsdp_enabled or _zero3(trainer))
 
 
 def full_parameters(trainer: Any) -> ContextManager:
     """A context under which ``trainer.model`` holds its full parameters (read-only: changes made
     inside are not written back); a no-op for unsharded training."""
-    if trainer.is_deepspeed_enabled and getattr(trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3:
+    if _zero3(trainer):
         import deepspeed
 
         return deepspeed.zero.GatheredParameters(list(trainer.model.parameters()), modifier_rank=None)
